@@ -1,0 +1,56 @@
+# rsprof: one-command set-up, demo and test suite for a fresh machine.
+#   make demo   set up everything, profile the bundled example, print top cpu
+#   make test   set up everything, run lint, type checks and the whole test suite
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rsprof-installed
+CARGO  ?= cargo
+EXAMPLE_BIN := example/target/release/rsprof-example
+TARGETS_STAMP := tests/targets/target/release/cpu_split
+DEMO_DB := demo.db
+
+.PHONY: all setup build demo test lint typecheck unit bench clean
+
+all: setup build
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard rsprof/*.pyx rsprof/*.pxd csrc/*.h csrc/*.c)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(EXAMPLE_BIN): $(wildcard example/src/*.rs) example/Cargo.toml
+	cd example && $(CARGO) build --release --offline --quiet
+
+$(TARGETS_STAMP): $(wildcard tests/targets/src/*.rs tests/targets/src/bin/*.rs) tests/targets/Cargo.toml
+	cd tests/targets && $(CARGO) build --release --offline --quiet
+
+build: $(EXAMPLE_BIN) $(TARGETS_STAMP)
+
+demo: setup $(EXAMPLE_BIN)
+	@rm -f $(DEMO_DB)
+	@$(EXAMPLE_BIN) --threads 4 --seconds 30 > /dev/null & \
+	  pid=$$!; sleep 0.5; \
+	  $(VENV)/bin/rsprof -p $$pid -q -d 5s -o $(DEMO_DB); status=$$?; \
+	  kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; \
+	  test $$status -eq 0 && $(VENV)/bin/rsprof top cpu $(DEMO_DB) -n 15
+
+lint: setup
+	$(VENV)/bin/ruff check rsprof tests bench
+	$(VENV)/bin/mypy
+
+test: setup build lint
+	$(PY) -m pytest -q -ra tests
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+bench: setup build
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf build $(VENV) rsprof/*.so rsprof/_ring.c rsprof/_unwind.c example/target tests/targets/target

@@ -1,0 +1,3 @@
+"""rsprof: a CPU and heap profiler for Rust programs on Linux."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from rsprof.cli import entry_point
+
+entry_point()

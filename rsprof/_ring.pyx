@@ -1,0 +1,366 @@
+# cython: language_level=3
+"""Perf mmap rings: open cpu-clock events, drain and decode their records.
+
+The decoder turns PERF_RECORD_SAMPLE records into (interval, tid, stack id)
+counts without creating Python objects per sample: stacks are interned in a
+`StackTable` (from `_unwind`), counts accumulate in a C hash table. Records
+that matter but are rare (COMM, FORK, EXIT) are queued as Python tuples.
+Everything lost or malformed is counted.
+
+Stack convention: the first address is the sampled IP, every further one is
+a return address minus 1, so each is a lookup address as is.
+"""
+
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.unistd cimport close, sysconf, _SC_PAGESIZE
+
+from rsprof._unwind cimport StackTable
+
+
+cdef extern from "rsprof_perf.h":
+    struct perf_event_mmap_page:
+        uint64_t data_offset
+        uint64_t data_size
+    struct perf_event_header:
+        uint32_t type
+        uint16_t misc
+        uint16_t size
+    enum:
+        PERF_RECORD_SAMPLE
+        PERF_RECORD_LOST
+        PERF_RECORD_COMM
+        PERF_RECORD_EXIT
+        PERF_RECORD_FORK
+        PERF_RECORD_THROTTLE
+        PERF_RECORD_UNTHROTTLE
+        RSPROF_MAX_STACK
+        RSPROF_MAX_RECORD
+    uint64_t RSPROF_SAMPLE_TYPE
+    uint64_t RSPROF_CONTEXT_MAX
+    uint64_t RSPROF_CONTEXT_USER
+    int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit, int watermark_bytes)
+    int rsprof_perf_set_output(int fd, int target_fd)
+    uint64_t rsprof_ring_head(perf_event_mmap_page* page)
+    uint64_t rsprof_ring_tail(perf_event_mmap_page* page)
+    void rsprof_ring_set_tail(perf_event_mmap_page* page, uint64_t tail)
+
+
+# Record type numbers for Python code (taken from the kernel header, never retyped).
+RECORD_SAMPLE = PERF_RECORD_SAMPLE
+RECORD_LOST = PERF_RECORD_LOST
+RECORD_COMM = PERF_RECORD_COMM
+RECORD_EXIT = PERF_RECORD_EXIT
+RECORD_FORK = PERF_RECORD_FORK
+RECORD_THROTTLE = PERF_RECORD_THROTTLE
+RECORD_UNTHROTTLE = PERF_RECORD_UNTHROTTLE
+SAMPLE_TYPE = RSPROF_SAMPLE_TYPE
+CONTEXT_MAX = RSPROF_CONTEXT_MAX
+CONTEXT_USER = RSPROF_CONTEXT_USER
+MAX_STACK = RSPROF_MAX_STACK
+
+
+def open_cpu_clock(int tid, int cpu, uint64_t freq, bint inherit, int watermark_bytes) -> int:
+    """Open a cpu-clock sampling event; returns the fd or raises OSError."""
+    cdef int fd = rsprof_perf_open(tid, cpu, freq, inherit, watermark_bytes)
+    if fd < 0:
+        import os
+        raise OSError(-fd, os.strerror(-fd))
+    return fd
+
+
+def set_output(int fd, int target_fd) -> None:
+    """Redirect fd's records into target_fd's ring."""
+    cdef int rc = rsprof_perf_set_output(fd, target_fd)
+    if rc < 0:
+        import os
+        raise OSError(-rc, os.strerror(-rc))
+
+
+cdef inline uint64_t _mix(uint64_t a, uint64_t b) nogil:
+    cdef uint64_t h = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL)
+    h ^= h >> 31
+    h *= 0xbf58476d1ce4e5b9ULL
+    h ^= h >> 29
+    return h
+
+
+cdef struct CountSlot:
+    uint64_t key      # tid << 32 | stack id
+    uint64_t interval # interval index + 1; 0 marks an empty slot
+    uint64_t count
+
+
+cdef class PerfDecoder:
+    """Decodes perf records of one recording into aggregated sample counts."""
+
+    cdef public StackTable stacks
+    cdef CountSlot* slots
+    cdef uint64_t capacity
+    cdef uint64_t used
+    cdef uint8_t* scratch
+    cdef uint64_t* frames
+    cdef public uint32_t target_pid
+    cdef public int64_t start_ns
+    cdef public int64_t interval_ns
+    cdef public uint64_t samples
+    cdef public uint64_t lost
+    cdef public uint64_t truncated
+    cdef public uint64_t throttled
+    cdef public uint64_t other_process_samples
+    cdef public uint64_t malformed
+    cdef public uint64_t early_samples
+    cdef public list events
+
+    def __cinit__(self, StackTable stacks, uint32_t target_pid, int64_t start_ns,
+                  int64_t interval_ns):
+        if interval_ns <= 0:
+            raise ValueError("interval_ns must be positive")
+        self.stacks = stacks
+        self.target_pid = target_pid
+        self.start_ns = start_ns
+        self.interval_ns = interval_ns
+        self.capacity = 1024
+        self.slots = <CountSlot*>calloc(self.capacity, sizeof(CountSlot))
+        self.scratch = <uint8_t*>calloc(RSPROF_MAX_RECORD + 16, 1)
+        self.frames = <uint64_t*>calloc(RSPROF_MAX_RECORD // 8 + 2, sizeof(uint64_t))
+        if not (self.slots and self.scratch and self.frames):
+            raise MemoryError()
+        self.events = []
+
+    def __dealloc__(self):
+        free(self.slots)
+        free(self.scratch)
+        free(self.frames)
+
+    cdef int _grow(self) except -1:
+        cdef uint64_t old_cap = self.capacity, i, j, new_cap = self.capacity * 2
+        cdef CountSlot* new_slots = <CountSlot*>calloc(new_cap, sizeof(CountSlot))
+        if new_slots == NULL:
+            raise MemoryError()
+        for i in range(old_cap):
+            if self.slots[i].interval:
+                j = _mix(self.slots[i].key, self.slots[i].interval) & (new_cap - 1)
+                while new_slots[j].interval:
+                    j = (j + 1) & (new_cap - 1)
+                new_slots[j] = self.slots[i]
+        free(self.slots)
+        self.slots = new_slots
+        self.capacity = new_cap
+        return 0
+
+    cdef int _count(self, uint64_t key, uint64_t interval) except -1:
+        cdef uint64_t i, mask
+        if (self.used + 1) * 4 >= self.capacity * 3:
+            self._grow()
+        mask = self.capacity - 1
+        i = _mix(key, interval + 1) & mask
+        while self.slots[i].interval:
+            if self.slots[i].key == key and self.slots[i].interval == interval + 1:
+                self.slots[i].count += 1
+                return 0
+            i = (i + 1) & mask
+        self.slots[i].key = key
+        self.slots[i].interval = interval + 1
+        self.slots[i].count = 1
+        self.used += 1
+        return 0
+
+    cdef int _sample(self, const uint8_t* rec, uint32_t size) except -1:
+        # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 nr; u64 ips[nr]
+        cdef uint64_t ip, t, nr, i, entry
+        cdef uint32_t pid, tid, n = 0
+        cdef bint in_user = True
+        cdef int64_t rel
+        cdef uint64_t interval
+        cdef int64_t sid
+        if size < 8 + 32:
+            self.malformed += 1
+            return 0
+        memcpy(&ip, rec + 8, 8)
+        memcpy(&pid, rec + 16, 4)
+        memcpy(&tid, rec + 20, 4)
+        memcpy(&t, rec + 24, 8)
+        memcpy(&nr, rec + 32, 8)
+        if nr > (size - 40) // 8:
+            self.malformed += 1
+            return 0
+        if pid != self.target_pid:
+            self.other_process_samples += 1
+            return 0
+        for i in range(nr):
+            memcpy(&entry, rec + 40 + 8 * i, 8)
+            if entry >= RSPROF_CONTEXT_MAX:
+                # A context marker: only user-space entries are kept.
+                in_user = entry == RSPROF_CONTEXT_USER
+                continue
+            if not in_user:
+                continue
+            self.frames[n] = entry if n == 0 else entry - 1
+            n += 1
+        if n == 0:
+            # No user callchain (e.g. the frame walk failed at once): keep the IP.
+            self.frames[0] = ip
+            n = 1
+        if n >= RSPROF_MAX_STACK:
+            self.truncated += 1
+        sid = self.stacks.intern(self.frames, n)
+        rel = <int64_t>t - self.start_ns
+        if rel < 0:
+            self.early_samples += 1
+            rel = 0
+        interval = <uint64_t>(rel // self.interval_ns)
+        self.samples += 1
+        self._count((<uint64_t>tid << 32) | <uint64_t>sid, interval)
+        return 0
+
+    cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size) except -1:
+        cdef uint64_t v
+        cdef uint32_t pid, tid, ppid, ptid
+        cdef uint64_t t
+        cdef Py_ssize_t nlen
+        if rtype == PERF_RECORD_SAMPLE:
+            return self._sample(rec, size)
+        if rtype == PERF_RECORD_LOST:
+            if size >= 24:
+                memcpy(&v, rec + 16, 8)
+                self.lost += v
+            else:
+                self.malformed += 1
+        elif rtype == PERF_RECORD_COMM:
+            if size >= 17:
+                memcpy(&pid, rec + 8, 4)
+                memcpy(&tid, rec + 12, 4)
+                nlen = 0
+                while 16 + nlen < size and rec[16 + nlen] != 0:
+                    nlen += 1
+                name = (<char*>(rec + 16))[:nlen].decode("utf-8", "replace")
+                self.events.append(("comm", pid, tid, 0, name))
+            else:
+                self.malformed += 1
+        elif rtype == PERF_RECORD_FORK or rtype == PERF_RECORD_EXIT:
+            if size >= 32:
+                memcpy(&pid, rec + 8, 4)
+                memcpy(&ppid, rec + 12, 4)
+                memcpy(&tid, rec + 16, 4)
+                memcpy(&ptid, rec + 20, 4)
+                memcpy(&t, rec + 24, 8)
+                self.events.append(("fork" if rtype == PERF_RECORD_FORK else "exit",
+                                    pid, tid, t, ""))
+            else:
+                self.malformed += 1
+        elif rtype == PERF_RECORD_THROTTLE:
+            self.throttled += 1
+        return 0
+
+    cdef uint64_t decode(self, const uint8_t* data, uint64_t size, uint64_t tail,
+                         uint64_t head) except? 0xffffffffffffffff:
+        """Decode records in data[tail:head) (positions modulo size, a power of two).
+
+        Returns the new tail. Garbage (a bad size, head running past tail by
+        more than the ring) is counted and skipped, never looped on.
+        """
+        cdef uint64_t pos = tail, avail, off, first
+        cdef perf_event_header hdr
+        cdef const uint8_t* rec
+        if size == 0 or (size & (size - 1)) != 0:
+            self.malformed += 1
+            return head
+        if head - tail > size:
+            self.malformed += 1
+            return head
+        while head - pos >= sizeof(perf_event_header):
+            off = pos & (size - 1)
+            if off + sizeof(perf_event_header) <= size:
+                memcpy(&hdr, data + off, sizeof(perf_event_header))
+            else:
+                first = size - off
+                memcpy(self.scratch, data + off, first)
+                memcpy(self.scratch + first, data, sizeof(perf_event_header) - first)
+                memcpy(&hdr, self.scratch, sizeof(perf_event_header))
+            avail = head - pos
+            if hdr.size < sizeof(perf_event_header) or hdr.size > avail:
+                self.malformed += 1
+                return head
+            if off + hdr.size <= size:
+                rec = data + off
+            else:
+                first = size - off
+                memcpy(self.scratch, data + off, first)
+                memcpy(self.scratch + first, data, hdr.size - first)
+                rec = self.scratch
+            self._record(rec, hdr.type, hdr.size)
+            pos += hdr.size
+        if pos != head:
+            # Records are 8-byte aligned; a tail shorter than a header is garbage.
+            self.malformed += 1
+        return head
+
+    def decode_bytes(self, const uint8_t[::1] data, uint64_t tail, uint64_t head) -> int:
+        """Decode a ring's data area given as bytes (for tests and replay)."""
+        return self.decode(&data[0] if data.shape[0] else NULL, data.shape[0], tail, head)
+
+    def take_counts(self) -> list:
+        """(interval, tid, stack_id, count) accumulated since the last call."""
+        cdef list out = []
+        cdef uint64_t i
+        for i in range(self.capacity):
+            if self.slots[i].interval:
+                out.append((self.slots[i].interval - 1, self.slots[i].key >> 32,
+                            self.slots[i].key & 0xffffffff, self.slots[i].count))
+        memset(self.slots, 0, self.capacity * sizeof(CountSlot))
+        self.used = 0
+        return out
+
+    def take_events(self) -> list:
+        """(kind, pid, tid, time, name) thread events since the last call."""
+        cdef list out = self.events
+        self.events = []
+        return out
+
+
+cdef class PerfRing:
+    """One mmapped perf ring (1 header page + 2^n data pages)."""
+
+    cdef readonly int fd
+    cdef perf_event_mmap_page* page
+    cdef uint8_t* data
+    cdef size_t map_len
+    cdef readonly uint64_t data_size
+
+    def __cinit__(self, int fd, int data_pages):
+        if data_pages <= 0 or (data_pages & (data_pages - 1)) != 0:
+            raise ValueError("data_pages must be a power of two")
+        cdef size_t pagesz = sysconf(_SC_PAGESIZE)
+        self.fd = fd
+        self.map_len = pagesz * (1 + data_pages)
+        cdef void* p = mmap(NULL, self.map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            import ctypes, os
+            err = ctypes.get_errno() or 12
+            raise OSError(err, "mmap of perf ring failed")
+        self.page = <perf_event_mmap_page*>p
+        self.data_size = self.page.data_size if self.page.data_size else pagesz * data_pages
+        self.data = <uint8_t*>p + (self.page.data_offset if self.page.data_offset else pagesz)
+
+    def __dealloc__(self):
+        if self.page != NULL:
+            munmap(self.page, self.map_len)
+            self.page = NULL
+
+    def drain(self, PerfDecoder decoder) -> int:
+        """Decode everything the kernel has written; returns bytes consumed."""
+        if self.page == NULL:
+            return 0
+        cdef uint64_t head = rsprof_ring_head(self.page)
+        cdef uint64_t tail = rsprof_ring_tail(self.page)
+        cdef uint64_t new_tail = decoder.decode(self.data, self.data_size, tail, head)
+        rsprof_ring_set_tail(self.page, new_tail)
+        return new_tail - tail
+
+    def close(self) -> None:
+        if self.page != NULL:
+            munmap(self.page, self.map_len)
+            self.page = NULL

@@ -1,0 +1,93 @@
+"""The rsprof command line: the root group registers one command per module.
+
+`main(argv) -> int` turns every expected failure into one line on stderr and
+an exit code (2 usage, 1 runtime); only a bug prints a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rsprof import __version__
+from rsprof.commands.list_profiles import list_command
+from rsprof.commands.query import query_command
+from rsprof.commands.record import record_command
+from rsprof.commands.top import top_group
+from rsprof.errors import RsprofError, UsageError
+
+ROOT_HELP = """Profile CPU and heap of a Rust process; save to SQLite.
+
+\b
+Record a running process:
+  rsprof -p PID [-o FILE] [-d 10s] [-q]
+  rsprof -P NAME ...
+Report and query a saved profile (default: the newest in this directory):
+  rsprof top cpu [FILE] [-n 50] [--threshold 1.0] [--json|--csv]
+  rsprof query FILE "SELECT * FROM cpu_samples LIMIT 10"
+  rsprof list [-d DIR]
+"""
+
+
+@click.group(help=ROOT_HELP, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "--pid", type=int, help="Record the process with this pid.")
+@click.option("-P", "--process", "name", metavar="NAME",
+              help="Record the one process with this name.")
+@click.option("-o", "--output", metavar="FILE",
+              help="Profile file (default: rsprof-<process>-<time>.db here).")
+@click.option("-d", "--duration", metavar="DURATION",
+              help="Stop after this long (10s, 2m, 500ms); default: until Ctrl-C or exit.")
+@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION",
+              help="Aggregation and commit interval.")
+@click.option("--cpu-freq", default=99, show_default=True, type=int,
+              help="CPU sampling frequency in Hz (1..10000).")
+@click.option("--append", is_flag=True, help="Add to an existing profile, continuing its timeline.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No interactive display: a progress line a second on stderr.")
+@click.version_option(__version__, "-V", "--version", prog_name="rsprof")
+@click.pass_context
+def root(ctx: click.Context, pid: int | None, name: str | None, output: str | None,
+         duration: str | None, interval: str, cpu_freq: int, append: bool, quiet: bool) -> int:
+    if ctx.invoked_subcommand is not None:
+        if pid is not None or name is not None:
+            raise UsageError("-p/-P record a process; they do not go with a command")
+        return 0
+    if pid is None and name is None:
+        raise UsageError("give -p PID or -P NAME to record, or a command (see rsprof --help)")
+    return record_command(pid, name, output, duration, interval, cpu_freq, append, quiet)
+
+
+root.add_command(top_group)
+root.add_command(query_command)
+root.add_command(list_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = root.main(args=argv, prog_name="rsprof", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        sys.stderr.write(f"rsprof: error: {exc.format_message()}\n")
+        return 2
+    except click.ClickException as exc:
+        sys.stderr.write(f"rsprof: error: {exc.format_message()}\n")
+        return exc.exit_code
+    except click.Abort:
+        sys.stderr.write("rsprof: aborted\n")
+        return 130
+    except RsprofError as exc:
+        sys.stderr.write(f"rsprof: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("rsprof: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(result) if isinstance(result, int) else 0
+
+
+def entry_point() -> None:
+    sys.exit(main())

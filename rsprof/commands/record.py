@@ -1,0 +1,43 @@
+"""Recording a running process: the root `rsprof -p PID` / `rsprof -P NAME` form."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rsprof.duration import parse_duration
+from rsprof.errors import UsageError
+from rsprof.recording.process import find_by_name, process_info
+from rsprof.recording.recorder import Recorder, RecordOptions
+
+MIN_FREQ, MAX_FREQ = 1, 10000
+
+
+def default_output(process_name: str, now: float | None = None) -> Path:
+    """rsprof-<process>-<YYYYmmdd-HHMMSS>.db in the current directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now if now is not None else time.time()))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in process_name) or "process"
+    return Path(f"rsprof-{safe}-{stamp}.db")
+
+
+def record_command(pid: int | None, name: str | None, output: str | None,
+                   duration: str | None, interval: str, cpu_freq: int, append: bool,
+                   quiet: bool) -> int:
+    if pid is not None and name is not None:
+        raise UsageError("give either -p PID or -P NAME, not both")
+    if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
+        raise UsageError(f"--cpu-freq must be between {MIN_FREQ} and {MAX_FREQ} Hz")
+    duration_s = parse_duration(duration, "duration") if duration is not None else None
+    interval_s = parse_duration(interval, "interval")
+    if pid is None:
+        assert name is not None
+        pid = find_by_name(name)
+    target = process_info(pid)
+    out = Path(output) if output else default_output(target.name)
+    if append and not out.exists():
+        raise UsageError(f"--append given but {out} does not exist")
+    # Until the live TUI exists, recording without -q behaves like -q.
+    options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
+                            cpu_freq=cpu_freq, append=append, quiet=True)
+    Recorder(target, options).run()
+    return 0

@@ -1,0 +1,81 @@
+"""`rsprof top cpu`: the functions that used the most CPU in a profile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from rsprof.commands.profile_arg import resolve_profile
+from rsprof.report.cpu import build_cpu_report
+from rsprof.report.render import render_csv, render_json, render_table
+from rsprof.storage.profile_file import open_readonly
+
+
+@click.group("top")
+def top_group() -> None:
+    """Report the top functions of a profile (newest in the current directory by default)."""
+
+
+@top_group.command("cpu")
+@click.argument("profile", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Number of functions to show.")
+@click.option("--threshold", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Hide functions below this % (of the sort column).")
+@click.option("--sort", "sort_by", type=click.Choice(["self", "total"]), default="self",
+              show_default=True, help="Order by self or total (inclusive) share.")
+@click.option("--include-internal", is_flag=True,
+              help="Charge samples to the true leaf, even in std, dependencies or libc.")
+@click.option("--json", "as_json", is_flag=True, help="Write JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Write CSV.")
+def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
+            include_internal: bool, as_json: bool, as_csv: bool) -> None:
+    """Functions by self CPU %, with total (inclusive) % and file:line.
+
+    Samples are charged to the innermost frame of the user's own code (not the
+    Rust standard library, registry dependencies, libc or rsprof); see
+    docs/attribution.md.
+    """
+    path = resolve_profile(profile)
+    conn = open_readonly(path)
+    try:
+        report = build_cpu_report(conn, include_internal=include_internal)
+    finally:
+        conn.close()
+    if sort_by == "total":
+        ranked = sorted(report.rows, key=lambda r: (-r.total_samples, -r.self_samples, r.function))
+        rows = [r for r in ranked if r.total_percent >= threshold][:limit]
+    else:
+        rows = [r for r in report.rows if r.self_samples and r.self_percent >= threshold][:limit]
+    s = report.summary
+    out = sys.stdout
+    if as_json:
+        render_json(out, {
+            "profile": str(path), "summary": s.as_dict(), "total_samples": report.total_samples,
+            "attribution": "leaf" if include_internal else "user",
+            "functions": [{
+                "function": r.function, "module": r.module, "file": r.file, "line": r.line,
+                "self_samples": r.self_samples, "total_samples": r.total_samples,
+                "self_percent": round(r.self_percent, 2),
+                "total_percent": round(r.total_percent, 2),
+            } for r in rows],
+        })
+        return
+    headers = ["self%", "total%", "samples", "function", "location"]
+    table = [[r.self_percent, r.total_percent, r.self_samples, r.function, r.location]
+             for r in rows]
+    if as_csv:
+        render_csv(out, ["self_percent", "total_percent", "self_samples", "total_samples",
+                         "function", "file", "line", "module"],
+                   [[round(r.self_percent, 2), round(r.total_percent, 2), r.self_samples,
+                     r.total_samples, r.function, r.file, r.line, r.module] for r in rows])
+        return
+    c = s.counters
+    out.write(
+        f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
+        f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source})\n"
+        f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
+        f"unresolved addresses {c['unresolved_addresses']}\n\n")
+    render_table(out, headers, table, right_align=[True, True, True, False, False])

@@ -1,0 +1,137 @@
+"""Per-thread, per-CPU cpu-clock events on a target, and their rings.
+
+Every thread alive at attach gets one event per online CPU, opened with
+`inherit`, so threads it creates later are sampled too. The kernel refuses to
+mmap an inherited per-thread event unless it is bound to a CPU, hence the
+per-CPU events; all events of one CPU write into one ring (SET_OUTPUT).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from collections.abc import Iterator
+
+from rsprof import _ring
+from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError
+from rsprof.recording.process import thread_ids
+
+RING_DATA_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
+
+
+def online_cpus() -> list[int]:
+    try:
+        with open("/sys/devices/system/cpu/online") as fh:
+            text = fh.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _paranoid() -> str:
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def explain_perf_error(exc: OSError, pid: int) -> RsprofError:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(
+            f"perf events not permitted for pid {pid} (kernel.perf_event_paranoid="
+            f"{_paranoid()}): run as root, grant CAP_PERFMON, or lower it with "
+            "'sysctl kernel.perf_event_paranoid=1'"
+        )
+    if exc.errno == errno.ESRCH:
+        return ProcessNotFound(f"process {pid} exited before sampling could start")
+    if exc.errno == errno.EMFILE:
+        return RsprofError("too many open files for perf events (raise 'ulimit -n')")
+    return RsprofError(f"perf_event_open failed for pid {pid}: {exc.strerror}")
+
+
+class PerfSession:
+    """The open events and rings sampling one process."""
+
+    def __init__(self, pid: int, freq: int, ring_pages: int = RING_DATA_PAGES) -> None:
+        self.pid = pid
+        self.freq = freq
+        self.ring_pages = ring_pages
+        self.cpus = online_cpus()
+        self.rings: dict[int, _ring.PerfRing] = {}
+        self.fds: list[int] = []
+        self.attached_tids: set[int] = set()
+        _raise_fd_limit()
+
+    def open(self) -> None:
+        """Attach to every thread; repeat until no thread appeared meanwhile."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        watermark = self.ring_pages * page // 2
+        try:
+            for _ in range(20):
+                tids = [t for t in thread_ids(self.pid) if t not in self.attached_tids]
+                if not tids:
+                    break
+                for tid in tids:
+                    self._attach_thread(tid, watermark)
+        except BaseException:
+            self.close()
+            raise
+        if not self.attached_tids:
+            self.close()
+            raise ProcessNotFound(f"process {self.pid} has no threads left to sample")
+
+    def _attach_thread(self, tid: int, watermark: int) -> None:
+        opened: list[int] = []
+        for cpu in self.cpus:
+            try:
+                fd = _ring.open_cpu_clock(tid, cpu, self.freq, True, watermark)
+            except OSError as exc:
+                for f in opened:
+                    os.close(f)
+                if exc.errno == errno.ESRCH and tid != self.pid:
+                    return  # the thread ended meanwhile; nothing to sample
+                raise explain_perf_error(exc, self.pid) from None
+            opened.append(fd)
+            ring = self.rings.get(cpu)
+            if ring is None:
+                try:
+                    self.rings[cpu] = _ring.PerfRing(fd, self.ring_pages)
+                except OSError as exc:
+                    raise RsprofError(f"cannot map the perf ring: {exc.strerror}") from None
+            else:
+                _ring.set_output(fd, ring.fd)
+        self.fds.extend(opened)
+        self.attached_tids.add(tid)
+
+    def drain(self, decoder: _ring.PerfDecoder) -> int:
+        return sum(ring.drain(decoder) for ring in self.rings.values())
+
+    def poll_fds(self) -> Iterator[int]:
+        for ring in self.rings.values():
+            yield ring.fd
+
+    def close(self) -> None:
+        for ring in self.rings.values():
+            ring.close()
+        self.rings.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass

@@ -1,0 +1,86 @@
+"""Finding and watching the target process through /proc."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rsprof.errors import ProcessNotFound, UsageError
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    name: str
+    cmdline: str
+    executable: str | None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return False
+    # The state letter follows the parenthesised command name.
+    state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
+    return state not in ("Z", "X", "")
+
+
+def process_info(pid: int) -> ProcessInfo:
+    if pid <= 0:
+        raise UsageError(f"bad pid {pid}")
+    if not os.path.exists(f"/proc/{pid}"):
+        raise ProcessNotFound(f"no process with pid {pid}")
+    if not is_alive(pid):
+        raise ProcessNotFound(f"process {pid} has already exited")
+    name = (_read(f"/proc/{pid}/comm") or "").strip() or str(pid)
+    raw = _read(f"/proc/{pid}/cmdline") or ""
+    cmdline = " ".join(part for part in raw.split("\0") if part)
+    try:
+        executable: str | None = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        executable = None  # not ours to read; perf_event_open gives the real verdict
+    return ProcessInfo(pid, name, cmdline or name, executable)
+
+
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def thread_name(pid: int, tid: int) -> str | None:
+    name = _read(f"/proc/{pid}/task/{tid}/comm")
+    return name.strip() if name is not None else None
+
+
+def find_by_name(name: str) -> int:
+    """The pid of the one process whose name (comm or executable basename) is `name`."""
+    me = os.getpid()
+    matches: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        comm = (_read(f"/proc/{pid}/comm") or "").strip()
+        raw = _read(f"/proc/{pid}/cmdline") or ""
+        argv0 = os.path.basename(raw.split("\0", 1)[0]) if raw else ""
+        # comm is cut to 15 characters by the kernel; compare the prefix too.
+        if name in (comm, argv0) or (len(comm) == 15 and name.startswith(comm)):
+            if is_alive(pid):
+                matches.append((pid, " ".join(p for p in raw.split("\0") if p) or comm))
+    if not matches:
+        raise ProcessNotFound(f"no process named {name!r}")
+    if len(matches) > 1:
+        listing = "; ".join(f"{pid} {cmd[:60]}" for pid, cmd in matches[:10])
+        raise UsageError(f"{len(matches)} processes named {name!r}, pick one with -p: {listing}")
+    return matches[0][0]

@@ -1,0 +1,100 @@
+"""The CPU report behind `rsprof top cpu`: self and total (inclusive) share per function."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from rsprof.report.profile_summary import ProfileSummary, read_summary
+from rsprof.storage.writer import decompress_ids
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRow:
+    function: str
+    module: str
+    file: str | None
+    line: int | None
+    self_samples: int
+    total_samples: int
+    self_percent: float
+    total_percent: float
+
+    @property
+    def location(self) -> str:
+        if not self.file:
+            return ""
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(slots=True)
+class CpuReport:
+    summary: ProfileSummary
+    total_samples: int
+    rows: list[CpuRow] = field(default_factory=list)
+
+
+FunctionKey = tuple[str, str]  # (function, module path)
+
+
+def _logical_frames(conn: sqlite3.Connection) -> dict[int, list[tuple[FunctionKey, int]]]:
+    """address id -> [(function key, frame id)], innermost first."""
+    out: dict[int, list[tuple[FunctionKey, int]]] = defaultdict(list)
+    rows = conn.execute(
+        "SELECT af.address_id, f.id, f.function, m.path FROM address_frames af"
+        " JOIN frames f ON f.id = af.frame_id JOIN modules m ON m.id = f.module_id"
+        " ORDER BY af.address_id, af.depth"
+    )
+    for address_id, frame_id, function, module in rows:
+        out[address_id].append(((function, module), frame_id))
+    return out
+
+
+def build_cpu_report(conn: sqlite3.Connection, include_internal: bool = False) -> CpuReport:
+    summary = read_summary(conn)
+    charged_column = "leaf_frame_id" if include_internal else "user_frame_id"
+    frames_info: dict[int, tuple[str, str, str | None, int | None]] = {
+        fid: (function, module, file, line)
+        for fid, function, module, file, line in conn.execute(
+            "SELECT f.id, f.function, m.path, f.file, f.line FROM frames f"
+            " JOIN modules m ON m.id = f.module_id")
+    }
+    logical = _logical_frames(conn)
+    stack_samples: dict[int, int] = dict(conn.execute(
+        "SELECT stack_id, SUM(samples) FROM cpu_counts GROUP BY stack_id").fetchall())
+    total = sum(stack_samples.values())
+    self_counts: Counter[FunctionKey] = Counter()
+    total_counts: Counter[FunctionKey] = Counter()
+    line_counts: dict[FunctionKey, Counter[tuple[str | None, int | None]]] = defaultdict(Counter)
+    for stack_id, blob, charged in conn.execute(
+            f"SELECT id, address_ids, {charged_column} FROM stacks"):
+        n = stack_samples.get(stack_id, 0)
+        if not n:
+            continue
+        function, module, file, line = frames_info[charged]
+        key = (function, module)
+        self_counts[key] += n
+        line_counts[key][(file, line)] += n
+        seen: set[FunctionKey] = set()
+        for address_id in decompress_ids(blob):
+            for fkey, frame_id in logical.get(address_id, ()):
+                if fkey not in seen:
+                    seen.add(fkey)
+                    total_counts[fkey] += n
+                    if fkey not in line_counts:
+                        f_info = frames_info[frame_id]
+                        line_counts[fkey][(f_info[2], f_info[3])] += 0
+    report = CpuReport(summary=summary, total_samples=total)
+    for key in set(self_counts) | set(total_counts):
+        lines = line_counts.get(key)
+        file, line = lines.most_common(1)[0][0] if lines else (None, None)
+        s, t = self_counts.get(key, 0), total_counts.get(key, 0)
+        report.rows.append(CpuRow(
+            function=key[0], module=key[1], file=file, line=line,
+            self_samples=s, total_samples=max(t, s),
+            self_percent=100.0 * s / total if total else 0.0,
+            total_percent=100.0 * max(t, s) / total if total else 0.0,
+        ))
+    report.rows.sort(key=lambda r: (-r.self_samples, -r.total_samples, r.function))
+    return report

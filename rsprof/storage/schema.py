@@ -1,0 +1,161 @@
+"""The profile schema: tables, human-facing views, and its version.
+
+docs/schema.md documents every table and view here; keep them in step.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recordings (
+    id            INTEGER PRIMARY KEY,
+    pid           INTEGER NOT NULL,
+    process_name  TEXT NOT NULL,
+    cmdline       TEXT NOT NULL,
+    executable    TEXT,
+    build_id      TEXT,
+    cpu_source    TEXT NOT NULL,
+    cpu_freq      INTEGER NOT NULL,
+    interval_s    REAL NOT NULL,
+    start_time    REAL NOT NULL,
+    end_time      REAL,
+    end_reason    TEXT,
+    samples       INTEGER NOT NULL DEFAULT 0,
+    lost_records  INTEGER NOT NULL DEFAULT 0,
+    truncated_stacks INTEGER NOT NULL DEFAULT 0,
+    unresolved_addresses INTEGER NOT NULL DEFAULT 0,
+    malformed_records INTEGER NOT NULL DEFAULT 0,
+    throttle_events INTEGER NOT NULL DEFAULT 0,
+    other_process_samples INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS modules (
+    id        INTEGER PRIMARY KEY,
+    path      TEXT NOT NULL,
+    build_id  TEXT,
+    UNIQUE (path, build_id)
+);
+CREATE TABLE IF NOT EXISTS frames (
+    id        INTEGER PRIMARY KEY,
+    function  TEXT NOT NULL,
+    file      TEXT,
+    line      INTEGER,
+    module_id INTEGER NOT NULL REFERENCES modules(id),
+    internal  INTEGER NOT NULL,
+    resolved  INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS frames_identity
+    ON frames (function, IFNULL(file, ''), IFNULL(line, -1), module_id);
+CREATE TABLE IF NOT EXISTS addresses (
+    id           INTEGER PRIMARY KEY,
+    recording_id INTEGER NOT NULL REFERENCES recordings(id),
+    address      INTEGER NOT NULL,
+    module_id    INTEGER NOT NULL REFERENCES modules(id),
+    rel_address  INTEGER NOT NULL,
+    UNIQUE (recording_id, address)
+);
+CREATE TABLE IF NOT EXISTS address_frames (
+    address_id INTEGER NOT NULL REFERENCES addresses(id),
+    depth      INTEGER NOT NULL,
+    frame_id   INTEGER NOT NULL REFERENCES frames(id),
+    PRIMARY KEY (address_id, depth)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stacks (
+    id            INTEGER PRIMARY KEY,
+    recording_id  INTEGER NOT NULL REFERENCES recordings(id),
+    depth         INTEGER NOT NULL,
+    address_ids   BLOB NOT NULL,
+    leaf_frame_id INTEGER NOT NULL REFERENCES frames(id),
+    user_frame_id INTEGER NOT NULL REFERENCES frames(id)
+);
+CREATE TABLE IF NOT EXISTS threads (
+    recording_id INTEGER NOT NULL REFERENCES recordings(id),
+    tid          INTEGER NOT NULL,
+    name         TEXT NOT NULL,
+    PRIMARY KEY (recording_id, tid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cpu_counts (
+    recording_id INTEGER NOT NULL REFERENCES recordings(id),
+    interval     INTEGER NOT NULL,
+    tid          INTEGER NOT NULL,
+    stack_id     INTEGER NOT NULL REFERENCES stacks(id),
+    samples      INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, interval, tid, stack_id)
+) WITHOUT ROWID;
+"""
+
+VIEWS = """
+CREATE VIEW IF NOT EXISTS cpu_samples AS
+SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
+                'unixepoch', 'localtime') AS time,
+       round(r.start_time + c.interval * r.interval_s
+             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+       COALESCE(t.name, '') AS thread,
+       c.tid AS tid,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       c.samples AS samples,
+       m.path AS module,
+       c.stack_id AS stack_id,
+       c.recording_id AS recording_id
+FROM cpu_counts c
+JOIN recordings r ON r.id = c.recording_id
+JOIN stacks s ON s.id = c.stack_id
+JOIN frames f ON f.id = s.user_frame_id
+JOIN modules m ON m.id = f.module_id
+LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
+
+CREATE VIEW IF NOT EXISTS cpu_leaf_samples AS
+SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
+                'unixepoch', 'localtime') AS time,
+       round(r.start_time + c.interval * r.interval_s
+             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+       COALESCE(t.name, '') AS thread,
+       c.tid AS tid,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       c.samples AS samples,
+       m.path AS module,
+       c.stack_id AS stack_id,
+       c.recording_id AS recording_id
+FROM cpu_counts c
+JOIN recordings r ON r.id = c.recording_id
+JOIN stacks s ON s.id = c.stack_id
+JOIN frames f ON f.id = s.leaf_frame_id
+JOIN modules m ON m.id = f.module_id
+LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
+
+CREATE VIEW IF NOT EXISTS cpu_functions AS
+SELECT f.function AS function,
+       m.path AS module,
+       SUM(c.samples) AS samples,
+       round(100.0 * SUM(c.samples) / (SELECT SUM(samples) FROM cpu_counts), 2) AS percent
+FROM cpu_counts c
+JOIN stacks s ON s.id = c.stack_id
+JOIN frames f ON f.id = s.user_frame_id
+JOIN modules m ON m.id = f.module_id
+GROUP BY f.function, m.path
+ORDER BY samples DESC;
+
+CREATE VIEW IF NOT EXISTS address_symbols AS
+SELECT a.id AS address_id,
+       a.recording_id AS recording_id,
+       printf('0x%x', a.address) AS address,
+       printf('0x%x', a.rel_address) AS rel_address,
+       af.depth AS depth,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       f.internal AS internal,
+       m.path AS module
+FROM addresses a
+JOIN address_frames af ON af.address_id = a.id
+JOIN frames f ON f.id = af.frame_id
+JOIN modules m ON m.id = a.module_id;
+"""

@@ -1,0 +1,285 @@
+"""ProfileWriter: everything a recording writes into its SQLite file.
+
+The file is in WAL mode while recording and committed once per interval, so
+a killed rsprof loses at most the last interval. `finalize` switches it back
+to a single-file journal so a finished profile is one file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import lz4.block
+
+from rsprof import __version__
+from rsprof._unwind import pack_u32
+from rsprof.attribution import charged_index, is_internal
+from rsprof.errors import ProfileError
+from rsprof.storage.profile_file import check_is_sqlite, check_schema, create_private
+from rsprof.storage.schema import SCHEMA_VERSION, TABLES, VIEWS
+from rsprof.symbols.model import Frame, ResolvedAddress
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingInfo:
+    pid: int
+    process_name: str
+    cmdline: str
+    executable: str | None
+    build_id: str | None
+    cpu_source: str
+    cpu_freq: int
+    interval_s: float
+    start_time: float
+
+
+@dataclass(slots=True)
+class RecordingCounters:
+    samples: int = 0
+    lost_records: int = 0
+    truncated_stacks: int = 0
+    unresolved_addresses: int = 0
+    malformed_records: int = 0
+    throttle_events: int = 0
+    other_process_samples: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "samples": self.samples,
+            "lost_records": self.lost_records,
+            "truncated_stacks": self.truncated_stacks,
+            "unresolved_addresses": self.unresolved_addresses,
+            "malformed_records": self.malformed_records,
+            "throttle_events": self.throttle_events,
+            "other_process_samples": self.other_process_samples,
+        }
+
+
+def compress_ids(ids: Iterable[int]) -> bytes:
+    """Stored stack layout: lz4 block (with size header) of little-endian uint32 ids."""
+    return bytes(lz4.block.compress(pack_u32(ids), store_size=True))
+
+
+def decompress_ids(blob: bytes) -> list[int]:
+    raw = lz4.block.decompress(blob)
+    return list(memoryview(raw).cast("I"))
+
+
+class ProfileWriter:
+    """Writes one recording (or appends one more) into a profile file."""
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        self.path = path
+        existed = path.exists()
+        if existed and not append:
+            create_private(path)  # raises the "already exists" usage error
+        if existed:
+            check_is_sqlite(path)
+        else:
+            create_private(path)
+        try:
+            self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            if existed:
+                check_schema(self.conn, path)
+        except sqlite3.DatabaseError as exc:
+            raise ProfileError(f"{path} is corrupt or not a profile: {exc}") from None
+        try:
+            self.conn.executescript("BEGIN;" + TABLES + VIEWS + "COMMIT;")
+        except sqlite3.DatabaseError as exc:
+            raise ProfileError(f"{path} is corrupt or not a profile: {exc}") from None
+        self.conn.execute("BEGIN")
+        self._set_meta({"schema_version": SCHEMA_VERSION, "rsprof_version": __version__})
+        self._modules: dict[tuple[str, str | None], int] = {}
+        self._module_by_path: dict[str, int] = {}
+        self._frames: dict[tuple[str, str | None, int | None, int], tuple[int, bool]] = {}
+        self._addresses: dict[int, int] = {}  # absolute lookup address -> address id
+        self._address_frames: dict[int, list[Frame]] = {}
+        self._stack_ids: dict[int, int] = {}  # recorder stack id -> stored stack id
+        self._threads: dict[int, str] = {}
+        self.recording_id = 0
+        self.counters = RecordingCounters()
+
+    # -- recording lifecycle -------------------------------------------------
+
+    def begin_recording(self, info: RecordingInfo) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO recordings (pid, process_name, cmdline, executable, build_id,"
+            " cpu_source, cpu_freq, interval_s, start_time) VALUES (?,?,?,?,?,?,?,?,?)",
+            (info.pid, info.process_name, info.cmdline, info.executable, info.build_id,
+             info.cpu_source, info.cpu_freq, info.interval_s, info.start_time),
+        )
+        self.recording_id = int(cur.lastrowid or 0)
+        first = self.conn.execute("SELECT min(start_time) FROM recordings").fetchone()[0]
+        self._set_meta({
+            "pid": info.pid, "process_name": info.process_name, "cmdline": info.cmdline,
+            "executable": info.executable or "", "build_id": info.build_id or "",
+            "cpu_source": info.cpu_source, "cpu_freq": info.cpu_freq,
+            "interval_s": info.interval_s, "start_time": first,
+            "recordings": self.recording_id, "end_time": "", "end_reason": "recording",
+        })
+        self.commit()
+        return self.recording_id
+
+    def commit(self) -> None:
+        self._write_counters()
+        self.conn.execute("COMMIT")
+        self.conn.execute("BEGIN")
+
+    def finalize(self, end_time: float, end_reason: str) -> None:
+        self.conn.execute(
+            "UPDATE recordings SET end_time = ?, end_reason = ? WHERE id = ?",
+            (end_time, end_reason, self.recording_id),
+        )
+        self._set_meta({"end_time": end_time, "end_reason": end_reason})
+        self._write_counters()
+        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.OperationalError:
+            pass  # a reader holds the WAL open; the file stays valid in WAL mode
+        self.conn.close()
+
+    def close_abruptly(self) -> None:
+        """Close without finalizing (used when something failed mid-recording)."""
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+    # -- symbols --------------------------------------------------------------
+
+    def known_address(self, address: int) -> bool:
+        return address in self._addresses
+
+    def add_addresses(self, resolved: Mapping[int, ResolvedAddress]) -> None:
+        for address, res in resolved.items():
+            if address in self._addresses:
+                continue
+            module_id = self._module_id(res.module, res.build_id)
+            cur = self.conn.execute(
+                "INSERT INTO addresses (recording_id, address, module_id, rel_address)"
+                " VALUES (?,?,?,?)",
+                (self.recording_id, address, module_id, res.rel_address),
+            )
+            address_id = int(cur.lastrowid or 0)
+            self._addresses[address] = address_id
+            frames = list(res.frames) or [
+                Frame(f"{res.module}+0x{res.rel_address:x}", None, None, res.module, False, False)
+            ]
+            self._address_frames[address] = frames
+            if not any(f.resolved for f in frames):
+                self.counters.unresolved_addresses += 1
+            self.conn.executemany(
+                "INSERT INTO address_frames (address_id, depth, frame_id) VALUES (?,?,?)",
+                [(address_id, depth, self._frame_id(f)[0]) for depth, f in enumerate(frames)],
+            )
+
+    def _module_id(self, path: str, build_id: str | None) -> int:
+        key = (path, build_id)
+        mid = self._modules.get(key)
+        if mid is None:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO modules (path, build_id) VALUES (?,?)", key
+            )
+            row = self.conn.execute(
+                "SELECT id FROM modules WHERE path = ? AND build_id IS ?", key
+            ).fetchone()
+            mid = int(row[0])
+            self._modules[key] = mid
+            if build_id is not None or path not in self._module_by_path:
+                self._module_by_path[path] = mid
+        return mid
+
+    def _frame_id(self, frame: Frame) -> tuple[int, bool]:
+        module_id = self._module_by_path.get(frame.module) or self._module_id(frame.module, None)
+        key = (frame.function, frame.file, frame.line, module_id)
+        found = self._frames.get(key)
+        if found is None:
+            internal = is_internal(frame.function, frame.file, frame.module)
+            self.conn.execute(
+                "INSERT OR IGNORE INTO frames (function, file, line, module_id, internal,"
+                " resolved) VALUES (?,?,?,?,?,?)",
+                (*key, int(internal), int(frame.resolved)),
+            )
+            row = self.conn.execute(
+                "SELECT id FROM frames WHERE function = ? AND IFNULL(file, '') = IFNULL(?, '')"
+                " AND IFNULL(line, -1) = IFNULL(?, -1) AND module_id = ?",
+                key,
+            ).fetchone()
+            found = (int(row[0]), internal)
+            self._frames[key] = found
+        return found
+
+    # -- stacks and samples ---------------------------------------------------
+
+    def add_stacks(self, new_stacks: Iterable[tuple[int, list[int]]]) -> None:
+        """Store stacks interned by the recorder; every address must be added first."""
+        rows = []
+        for recorder_id, addresses in new_stacks:
+            address_ids = [self._addresses[a] for a in addresses]
+            logical: list[Frame] = []
+            for a in addresses:
+                logical.extend(self._address_frames[a])
+            leaf = self._frame_id(logical[charged_index(logical, include_internal=True)])[0]
+            user = self._frame_id(logical[charged_index(logical)])[0]
+            rows.append((self.recording_id, len(addresses), compress_ids(address_ids), leaf, user,
+                         recorder_id))
+        for row in rows:
+            cur = self.conn.execute(
+                "INSERT INTO stacks (recording_id, depth, address_ids, leaf_frame_id,"
+                " user_frame_id) VALUES (?,?,?,?,?)",
+                row[:5],
+            )
+            self._stack_ids[row[5]] = int(cur.lastrowid or 0)
+
+    def add_cpu_counts(self, counts: Iterable[tuple[int, int, int, int]]) -> None:
+        """(interval, tid, recorder stack id, samples) rows; merged with what is stored."""
+        self.conn.executemany(
+            "INSERT INTO cpu_counts (recording_id, interval, tid, stack_id, samples)"
+            " VALUES (?,?,?,?,?) ON CONFLICT (recording_id, interval, tid, stack_id)"
+            " DO UPDATE SET samples = samples + excluded.samples",
+            [(self.recording_id, iv, tid, self._stack_ids[sid], n)
+             for iv, tid, sid, n in counts],
+        )
+
+    def set_thread_name(self, tid: int, name: str) -> None:
+        if self._threads.get(tid) == name:
+            return
+        self._threads[tid] = name
+        self.conn.execute(
+            "INSERT INTO threads (recording_id, tid, name) VALUES (?,?,?)"
+            " ON CONFLICT (recording_id, tid) DO UPDATE SET name = excluded.name",
+            (self.recording_id, tid, name),
+        )
+
+    def thread_names(self) -> dict[int, str]:
+        return dict(self._threads)
+
+    # -- meta -----------------------------------------------------------------
+
+    def _set_meta(self, values: Mapping[str, object]) -> None:
+        self.conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(k, str(v)) for k, v in values.items()],
+        )
+
+    def _write_counters(self) -> None:
+        if not self.recording_id:
+            return
+        c = self.counters.as_dict()
+        self.conn.execute(
+            "UPDATE recordings SET " + ", ".join(f"{k} = ?" for k in c) + " WHERE id = ?",
+            (*c.values(), self.recording_id),
+        )
+        totals = self.conn.execute(
+            "SELECT " + ", ".join(f"SUM({k})" for k in c) + " FROM recordings"
+        ).fetchone()
+        self._set_meta({**dict(zip(c, totals, strict=True)), "updated_time": time.time()})

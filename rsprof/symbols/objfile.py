@@ -1,0 +1,123 @@
+"""All symbol sources of one ELF object: identity, symbol table (cached), DWARF (cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from rsprof.symbols.cache import read_sealed, write_sealed
+from rsprof.symbols.demangle import demangle
+from rsprof.symbols.dwarf import DwarfLines, load_dwarf_lines, separate_debug_file
+from rsprof.symbols.elf import ElfIdentity, NotElfError, read_elf_identity, read_section_facts
+from rsprof.symbols.model import Frame
+from rsprof.symbols.symtab import SymbolTable
+
+_SYSTEM_PREFIXES = (
+    "/lib/",
+    "/lib32/",
+    "/lib64/",
+    "/libx32/",
+    "/usr/lib/",
+    "/usr/lib32/",
+    "/usr/lib64/",
+    "/usr/libx32/",
+    "/usr/libexec/",
+)
+
+
+def is_system_library(path: str) -> bool:
+    """Distribution-provided objects, which are routinely stripped of DWARF."""
+    return path.startswith(_SYSTEM_PREFIXES)
+
+
+def cache_key(identity: ElfIdentity, read_path: str) -> str:
+    """Per-object cache key: build-id plus file size (a stripped copy shares the
+    build-id but not the contents), or a hash of the file's identity without one."""
+    st = os.stat(read_path)
+    if identity.build_id:
+        return f"{identity.build_id}-{st.st_size:x}"
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return "nobid-" + hashlib.sha1(ident.encode()).hexdigest()[:24]
+
+
+class ObjectSymbols:
+    """Resolves ELF virtual addresses of one object to frames.
+
+    `module` is the path reported in frames; `read_path` is where the bytes are read
+    (e.g. /proc/self/fd/N for a file that is deleted on disk).
+    """
+
+    def __init__(self, module: str, read_path: str, cache_dir: Path | None) -> None:
+        self.module = module
+        self.basename = os.path.basename(module) or module
+        self.identity: ElfIdentity | None = None
+        self.symtab = SymbolTable.from_symbols((), False)
+        self.dwarf: DwarfLines | None = None
+        self.error: str | None = None
+        try:
+            self.identity = read_elf_identity(read_path)
+            key = cache_key(self.identity, read_path)
+            self.symtab = self._load_symtab(read_path, cache_dir, key)
+            if self.symtab.has_dwarf:
+                self.dwarf = load_dwarf_lines(read_path, self.identity.image_base, cache_dir, key)
+            else:
+                debug = separate_debug_file(self.identity.build_id)
+                if debug is not None:
+                    self.dwarf = load_dwarf_lines(
+                        debug, self.identity.image_base, cache_dir, key + ".debug"
+                    )
+        except (OSError, NotElfError) as e:
+            self.error = str(e)
+
+    @property
+    def build_id(self) -> str | None:
+        return self.identity.build_id if self.identity is not None else None
+
+    @property
+    def has_debug_info(self) -> bool:
+        return self.dwarf is not None
+
+    @staticmethod
+    def _load_symtab(read_path: str, cache_dir: Path | None, key: str) -> SymbolTable:
+        target = cache_dir / f"{key}.symtab" if cache_dir is not None else None
+        if target is not None:
+            data = read_sealed(target)
+            if data is not None:
+                try:
+                    return SymbolTable.from_bytes(data)
+                except ValueError:
+                    pass
+        facts = read_section_facts(read_path)
+        table = SymbolTable.from_symbols(facts.functions, facts.has_dwarf)
+        if target is not None:
+            write_sealed(target, table.to_bytes())
+        return table
+
+    def rel_address(self, file_offset: int) -> int:
+        """ELF vaddr of a file offset (what addr2line takes)."""
+        if self.identity is None:
+            return file_offset
+        return self.identity.vaddr_of_offset(file_offset)
+
+    def unknown(self, rel: int) -> Frame:
+        return Frame(f"{self.basename}+0x{rel:x}", None, None, self.module, False, False)
+
+    def frames(self, rel: int) -> tuple[Frame, ...]:
+        """Frames at ELF vaddr `rel`, innermost (deepest inline) first."""
+        module = self.module
+        if self.dwarf is not None:
+            entries = self.dwarf.lookup(rel)
+            if entries:
+                last = len(entries) - 1
+                out: list[Frame] = []
+                for i, (name, path, line) in enumerate(entries):
+                    if not name:
+                        hit = self.symtab.lookup(rel) if i == last else None
+                        name = hit[0] if hit is not None else "<inlined>"
+                    out.append(Frame(demangle(name), path, line, module, i < last, True))
+                return tuple(out)
+        hit = self.symtab.lookup(rel)
+        if hit is not None:
+            return (Frame(demangle(hit[0]), None, None, module, False, True),)
+        return (self.unknown(rel),)

@@ -1,0 +1,224 @@
+"""Symbolizer: absolute addresses of a live (or recently live) process -> frames."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from bisect import bisect_right
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+from rsprof.symbols.cache import default_cache_dir
+from rsprof.symbols.maps import Mapping, fd_path, open_mapping, read_exec_mappings
+from rsprof.symbols.model import Frame, ResolvedAddress
+from rsprof.symbols.objfile import ObjectSymbols, is_system_library
+
+UNKNOWN_MODULE = "[unknown]"
+
+__all__ = ["UNKNOWN_MODULE", "Symbolizer", "resolve_file_addresses"]
+
+
+class _ObjectSlot:
+    """A mapped file: an open descriptor to its bytes, and its symbols once loaded."""
+
+    __slots__ = ("fd", "lock", "path", "symbols")
+
+    def __init__(self, path: str, fd: int | None) -> None:
+        self.path = path
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.symbols: ObjectSymbols | None = None
+
+    def load(self, cache_dir: Path | None) -> ObjectSymbols:
+        with self.lock:
+            if self.symbols is None:
+                read_path = fd_path(self.fd) if self.fd is not None else self.path
+                self.symbols = ObjectSymbols(self.path, read_path, cache_dir)
+            return self.symbols
+
+
+class Symbolizer:
+    """Resolves absolute lookup addresses of process `pid` to inline-aware frames.
+
+    The maps are read at construction; the mapped files are opened right away so that
+    they remain readable after the process exits or a file is deleted. Symbols are
+    loaded lazily, per object, the first time an address falls into it.
+    """
+
+    def __init__(self, pid: int, cache_dir: Path | None = None, *, preload: bool = False) -> None:
+        self.pid = pid
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        self.warnings: list[str] = []
+        self._current: list[Mapping] = []
+        self._current_starts: list[int] = []
+        self._old: list[Mapping] = []
+        self._old_starts: list[int] = []
+        self._slots: dict[tuple[str, int, str], _ObjectSlot] = {}
+        self._results: dict[int, ResolvedAddress] = {}
+        self._unresolved: set[int] = set()
+        self._warned: set[str] = set()
+        self._preloader: threading.Thread | None = None
+        self.refresh_maps()
+        if preload:
+            self.preload()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def preload(self) -> None:
+        """Load symbols (building SymCaches) for all mapped objects in a background thread.
+
+        Call it when profiling starts: the expensive part (DWARF -> SymCache) runs in
+        native code without the GIL while the recording goes on, so `resolve()` at the
+        end finds everything loaded. `resolve()` waits for an object still in progress.
+        """
+        if self._preloader is not None and self._preloader.is_alive():
+            return
+        exe = self._exe_key()
+        slots = sorted(self._slots.items(), key=lambda kv: kv[0] != exe)
+        todo = [slot for _key, slot in slots if slot.symbols is None]
+        cache_dir = self.cache_dir
+
+        def run() -> None:
+            for slot in todo:
+                with contextlib.suppress(Exception):
+                    slot.load(cache_dir)
+
+        self._preloader = threading.Thread(target=run, name="rsprof-symbols", daemon=True)
+        self._preloader.start()
+
+    def _exe_key(self) -> tuple[str, int, str] | None:
+        try:
+            st = os.stat(f"/proc/{self.pid}/exe")
+        except OSError:
+            return None
+        for key in self._slots:
+            if key[1] == st.st_ino:
+                return key
+        return None
+
+    def close(self) -> None:
+        """Release the file descriptors held for mapped files."""
+        if self._preloader is not None:
+            self._preloader.join()
+            self._preloader = None
+        for slot in self._slots.values():
+            if slot.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(slot.fd)
+                slot.fd = None
+
+    def __enter__(self) -> Symbolizer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- maps ----------------------------------------------------------------
+
+    def refresh_maps(self) -> None:
+        """Re-read the process maps; mappings that disappeared are kept as a fallback."""
+        try:
+            fresh = read_exec_mappings(self.pid)
+        except OSError as e:
+            if not self._current and not self._old:
+                self._warn(f"cannot read memory maps of pid {self.pid}: {e}")
+            return
+        for m in fresh:
+            if m.file_key not in self._slots:
+                self._slots[m.file_key] = _ObjectSlot(m.path, open_mapping(self.pid, m))
+        fresh_set = set(fresh)
+        old = {m for m in self._old if m not in fresh_set}
+        old.update(m for m in self._current if m not in fresh_set)
+        self._current = fresh
+        self._current_starts = [m.start for m in fresh]
+        self._old = sorted(old, key=lambda m: m.start)
+        self._old_starts = [m.start for m in self._old]
+
+    @property
+    def mappings(self) -> list[Mapping]:
+        """The executable mappings from the latest read of the maps."""
+        return list(self._current)
+
+    def _find_mapping(self, address: int) -> Mapping | None:
+        i = bisect_right(self._current_starts, address) - 1
+        if i >= 0 and address < self._current[i].end:
+            return self._current[i]
+        i = bisect_right(self._old_starts, address) - 1
+        while i >= 0:  # old mappings may overlap each other
+            m = self._old[i]
+            if address < m.end:
+                return m
+            i -= 1
+        return None
+
+    # -- objects -------------------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def _symbols_for(self, mapping: Mapping) -> ObjectSymbols:
+        slot = self._slots[mapping.file_key]
+        sym = slot.symbols if slot.symbols is not None else slot.load(self.cache_dir)
+        if mapping.path not in self._warned:
+            self._warned.add(mapping.path)
+            if sym.error is not None:
+                self._warn(f"cannot read {mapping.path}: {sym.error}")
+            elif not sym.has_debug_info and not is_system_library(mapping.path):
+                self._warn(f"debug info missing for {mapping.path}: functions only, no file:line")
+        return sym
+
+    # -- resolution ----------------------------------------------------------
+
+    @property
+    def unresolved_addresses(self) -> int:
+        """How many distinct addresses resolved to no function at all."""
+        return len(self._unresolved)
+
+    def _resolve_one(self, address: int) -> ResolvedAddress:
+        mapping = self._find_mapping(address)
+        if mapping is None:
+            frame = Frame(
+                f"{UNKNOWN_MODULE}+0x{address:x}", None, None, UNKNOWN_MODULE, False, False
+            )
+            return ResolvedAddress(address, UNKNOWN_MODULE, None, address, (frame,))
+        sym = self._symbols_for(mapping)
+        rel = sym.rel_address(mapping.file_offset(address))
+        return ResolvedAddress(address, mapping.path, sym.build_id, rel, sym.frames(rel))
+
+    def resolve(self, addresses: Iterable[int]) -> dict[int, ResolvedAddress]:
+        """Resolve lookup addresses (return addresses already minus one)."""
+        out: dict[int, ResolvedAddress] = {}
+        results = self._results
+        for address in addresses:
+            if address in out:
+                continue
+            res = results.get(address)
+            if res is None:
+                res = self._resolve_one(address)
+                if res.module != UNKNOWN_MODULE:
+                    results[address] = res  # unknown ones may map after refresh_maps()
+                if not res.frames[-1].resolved:
+                    self._unresolved.add(address)
+                else:
+                    self._unresolved.discard(address)
+            out[address] = res
+        return out
+
+
+def resolve_file_addresses(
+    path: str, rel_addresses: Iterable[int], cache_dir: Path | None = None
+) -> dict[int, tuple[Frame, ...]]:
+    """Offline: resolve ELF virtual addresses (as given to addr2line) of one file."""
+    sym = ObjectSymbols(path, path, cache_dir)
+    return {rel: sym.frames(rel) for rel in rel_addresses}

@@ -1,0 +1,49 @@
+"""Builders of synthetic perf ring bytes for the decoder tests."""
+
+from __future__ import annotations
+
+import struct
+
+from rsprof import _ring
+
+PID = 4242
+
+
+def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool = True,
+           kernel: list[int] | None = None) -> bytes:
+    chain: list[int] = []
+    if kernel:
+        chain.append(2**64 - 128)  # PERF_CONTEXT_KERNEL
+        chain.extend(kernel)
+    if user_marker:
+        chain.append(_ring.CONTEXT_USER)
+    chain.extend(ips)
+    body = struct.pack("<QIIQQ", ips[0] if ips else 0, pid, tid, t, len(chain))
+    body += b"".join(struct.pack("<Q", a) for a in chain)
+    return struct.pack("<IHH", _ring.RECORD_SAMPLE, 2, 8 + len(body)) + body
+
+
+def lost(n: int) -> bytes:
+    return struct.pack("<IHHQQ", _ring.RECORD_LOST, 0, 24, 7, n)
+
+
+def comm(tid: int, name: str, pid: int = PID) -> bytes:
+    raw = name.encode() + b"\0"
+    raw += b"\0" * (-len(raw) % 8)
+    body = struct.pack("<II", pid, tid) + raw
+    return struct.pack("<IHH", _ring.RECORD_COMM, 0, 8 + len(body)) + body
+
+
+def fork(tid: int, t: int, pid: int = PID) -> bytes:
+    body = struct.pack("<IIIIQ", pid, pid, tid, pid, t)
+    return struct.pack("<IHH", _ring.RECORD_FORK, 0, 8 + len(body)) + body
+
+
+def ring_with(records: list[bytes], size: int, tail: int) -> tuple[bytes, int, int]:
+    """Lay records into a ring of `size` bytes starting at position `tail` (wrapping)."""
+    data = bytearray(size)
+    stream = b"".join(records)
+    assert len(stream) <= size
+    for i, b in enumerate(stream):
+        data[(tail + i) % size] = b
+    return bytes(data), tail, tail + len(stream)

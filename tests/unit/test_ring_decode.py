@@ -1,0 +1,153 @@
+"""_ring.PerfDecoder against the pure-Python reference decoder, on synthetic ring bytes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from rsprof import _ring, _unwind
+from rsprof.ring_reference import decode_ring
+from tests.unit.perf_records import PID, comm, fork, lost, ring_with, sample
+
+SEC = 1_000_000_000
+
+
+def decode_both(data: bytes, tail: int, head: int, start_ns: int = 0, interval_ns: int = SEC):
+    table = _unwind.StackTable()
+    dec = _ring.PerfDecoder(table, PID, start_ns, interval_ns)
+    new_tail = dec.decode_bytes(data, tail, head)
+    counts = {(iv, tid, sid): n for iv, tid, sid, n in dec.take_counts()}
+    stacks = [tuple(f) for _, f in table.take_new()]
+    ref = decode_ring(data, tail, head, PID, start_ns, interval_ns)
+    return dec, counts, stacks, ref, new_tail
+
+
+def assert_agree(dec, counts, stacks, ref) -> None:
+    assert counts == ref.counts
+    assert stacks == ref.stacks
+    assert dec.samples == ref.samples
+    assert dec.lost == ref.lost
+    assert dec.truncated == ref.truncated
+    assert dec.malformed == ref.malformed
+    assert dec.other_process_samples == ref.other_process_samples
+    assert dec.take_events() == ref.events
+
+
+def test_samples_are_counted_per_interval_thread_and_stack() -> None:
+    records = [
+        sample(10, 100, [0x1000, 0x2005, 0x3005]),
+        sample(10, 200, [0x1000, 0x2005, 0x3005]),
+        sample(11, 300, [0x1000, 0x2005, 0x3005]),
+        sample(10, SEC + 5, [0x1100, 0x2005]),
+    ]
+    data, tail, head = ring_with(records, 4096, 0)
+    dec, counts, stacks, ref, new_tail = decode_both(data, tail, head)
+    assert new_tail == head
+    # The leaf IP is kept as is; return addresses become address - 1.
+    assert stacks == [(0x1000, 0x2004, 0x3004), (0x1100, 0x2004)]
+    assert counts == {(0, 10, 0): 2, (0, 11, 0): 1, (1, 10, 1): 1}
+    assert dec.samples == 4
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_records_wrapping_the_ring_end_decode_like_contiguous_ones() -> None:
+    records = [sample(7, 1, [0xAAAA, 0xBBBB + i, 0xCCCC]) for i in range(6)] + [lost(3)]
+    size = 512
+    for tail in (0, 8, 200, 496, 504, 1000 * size + 40):
+        data, t, head = ring_with(records, size, tail)
+        dec, counts, stacks, ref, new_tail = decode_both(data, t, head)
+        assert new_tail == head
+        assert dec.samples == 6 and dec.lost == 3
+        assert len(stacks) == 6
+        assert_agree(dec, counts, stacks, ref)
+
+
+def test_lost_records_accumulate() -> None:
+    data, tail, head = ring_with([lost(5), sample(1, 0, [1, 2]), lost(7)], 1024, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+    assert dec.lost == 12
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_kernel_part_of_callchain_is_dropped_and_truncation_counted() -> None:
+    deep = list(range(0x10000, 0x10000 + _ring.MAX_STACK))
+    data, tail, head = ring_with(
+        [sample(1, 0, [0x500, 0x601], kernel=[0xFFFFFFFF81000000]), sample(1, 0, deep)],
+        4096, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+    assert stacks[0] == (0x500, 0x600)
+    assert dec.truncated == 1
+    assert len(stacks[1]) == _ring.MAX_STACK
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_samples_of_other_processes_are_counted_not_charged() -> None:
+    data, tail, head = ring_with([sample(99, 0, [1], pid=PID + 1), sample(5, 0, [1])], 1024, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+    assert dec.other_process_samples == 1 and dec.samples == 1
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_comm_and_fork_become_events() -> None:
+    data, tail, head = ring_with([comm(12, "worker-1"), fork(13, 77)], 1024, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+    assert ref.events == [("comm", PID, 12, 0, "worker-1"), ("fork", PID, 13, 77, "")]
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_empty_callchain_keeps_the_ip() -> None:
+    data, tail, head = ring_with([sample(1, 0, [0x1234], user_marker=False)], 1024, 0)
+    _, _, stacks, _, _ = decode_both(data, tail, head)
+    assert stacks == [(0x1234,)]
+
+
+@pytest.mark.parametrize("bad_size", [0, 4, 5000])
+def test_bad_record_size_is_counted_and_skipped(bad_size: int) -> None:
+    import struct
+
+    good = sample(1, 0, [1, 2])
+    bad = struct.pack("<IHH", _ring.RECORD_SAMPLE, 0, bad_size) + b"\0" * 8
+    data, tail, head = ring_with([good, bad], 1024, 0)
+    dec, counts, stacks, ref, new_tail = decode_both(data, tail, head)
+    assert new_tail == head  # garbage is skipped, never looped on
+    assert dec.samples == 1 and dec.malformed == 1
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_head_beyond_ring_size_is_malformed() -> None:
+    dec, counts, stacks, ref, new_tail = decode_both(bytes(256), 0, 10_000)
+    assert new_tail == 10_000 and dec.malformed == 1 and dec.samples == 0
+
+
+def test_random_bytes_never_crash_and_agree_with_reference() -> None:
+    rng = random.Random(1234)
+    for _ in range(300):
+        size = 1 << rng.randint(6, 12)
+        data = bytes(rng.getrandbits(8) for _ in range(size))
+        tail = rng.randrange(0, 1 << 20)
+        head = tail + rng.randrange(0, size + 1)
+        dec, counts, stacks, ref, new_tail = decode_both(data, tail, head)
+        assert new_tail == head
+        assert_agree(dec, counts, stacks, ref)
+
+
+def test_random_valid_streams_agree_with_reference() -> None:
+    rng = random.Random(99)
+    for _ in range(100):
+        records = []
+        for _ in range(rng.randint(1, 30)):
+            kind = rng.random()
+            if kind < 0.8:
+                depth = rng.randint(1, 12)
+                records.append(sample(rng.randint(1, 4), rng.randint(0, 5 * SEC),
+                                      [rng.choice([0x10, 0x20, 0x30, 0x40]) for _ in range(depth)]))
+            elif kind < 0.9:
+                records.append(lost(rng.randint(1, 100)))
+            else:
+                records.append(comm(rng.randint(1, 4), f"t{rng.randint(0, 9)}"))
+        stream_len = sum(len(r) for r in records)
+        size = 1 << max(8, stream_len.bit_length())
+        data, tail, head = ring_with(records, size, rng.randrange(0, 4 * size))
+        dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+        assert_agree(dec, counts, stacks, ref)
