@@ -61,6 +61,13 @@ CONTEXT_MAX = RSPROF_CONTEXT_MAX
 CONTEXT_USER = RSPROF_CONTEXT_USER
 MAX_STACK = RSPROF_MAX_STACK
 
+# Return addresses outside [MIN_CODE_ADDRESS, MAX_USER_ADDRESS] cannot be real:
+# the null page holds no code and user space ends below 2^56 (5-level paging).
+cdef uint64_t MIN_CODE_ADDRESS = 4096
+cdef uint64_t MAX_USER_ADDRESS = 0x00ffffffffffffff
+MIN_RETURN_ADDRESS = MIN_CODE_ADDRESS
+MAX_RETURN_ADDRESS = MAX_USER_ADDRESS
+
 
 def open_cpu_clock(int tid, int cpu, uint64_t freq, bint inherit, int watermark_bytes) -> int:
     """Open a cpu-clock sampling event; returns the fd or raises OSError."""
@@ -112,6 +119,7 @@ cdef class PerfDecoder:
     cdef public uint64_t other_process_samples
     cdef public uint64_t malformed
     cdef public uint64_t early_samples
+    cdef public uint64_t broken_chains
     cdef public list events
 
     def __cinit__(self, StackTable stacks, uint32_t target_pid, int64_t start_ns,
@@ -198,6 +206,11 @@ cdef class PerfDecoder:
                 continue
             if not in_user:
                 continue
+            if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
+                # A frame pointer chain that ran into garbage (code that keeps no
+                # frame pointers): what follows is not a call chain.
+                self.broken_chains += 1
+                break
             self.frames[n] = entry if n == 0 else entry - 1
             n += 1
         if n == 0:

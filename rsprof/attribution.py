@@ -7,10 +7,12 @@ Rule: walk the stack's logical frames (inlined frames included) from the
 innermost outwards and charge the first frame that is the user's own code.
 A frame is *internal* (not the user's) when any of these holds:
 
-* its source file is the Rust standard library (`/rustc/<hash>/...` or a
-  `lib/rustlib/src` checkout) or a dependency (`.cargo/registry`, `.cargo/git`);
+* its source file is the Rust standard library (`/rustc/<hash>/...`, the
+  crates std vendors under `/rust/deps/`, or a `lib/rustlib/src` checkout) or a
+  dependency (`.cargo/registry`, `.cargo/git`);
 * its module is a system library (under /lib, /usr/lib, ld-linux, libc, libm,
-  libgcc_s, libstdc++, the vDSO) or rsprof's own shim;
+  libgcc_s, libstdc++, the vDSO) or rsprof's own shim, or it lies in no
+  executable mapping at all (`[unknown]`);
 * it has no source file (no debug info) and its name is rooted in `std::`,
   `core::`, `alloc::`, `rsprof_trace::` or is a Rust runtime symbol
   (`__rust_*`, `rust_begin_unwind`), or a C runtime start symbol.
@@ -27,7 +29,7 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-_INTERNAL_FILE_PREFIXES = ("/rustc/",)
+_INTERNAL_FILE_PREFIXES = ("/rustc/", "/rust/deps/")
 _INTERNAL_FILE_PARTS = ("/.cargo/registry/", "/.cargo/git/", "/lib/rustlib/src/")
 _SYSTEM_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/")
 _SYSTEM_LIB_PREFIXES = (
@@ -53,9 +55,9 @@ class FrameLike(Protocol):
 
 
 def is_system_module(module: str) -> bool:
-    """True for the C runtime, the dynamic loader, the vDSO and rsprof's shim."""
+    """True for the C runtime, the dynamic loader, the vDSO, rsprof's shim and no module."""
     if module in _SPECIAL_MODULES:
-        return module != "[unknown]"
+        return True
     base = os.path.basename(module)
     if base.startswith(_RSPROF_MODULE_PREFIXES):
         return True

@@ -26,6 +26,7 @@ class ReferenceResult:
     throttled: int = 0
     malformed: int = 0
     other_process_samples: int = 0
+    broken_chains: int = 0
 
 
 def _read(data: bytes, pos: int, n: int) -> bytes:
@@ -70,6 +71,10 @@ def decode_ring(data: bytes, tail: int, head: int, target_pid: int, start_ns: in
                     in_user = entry == _ring.CONTEXT_USER
                     continue
                 if in_user:
+                    if frames and not (_ring.MIN_RETURN_ADDRESS <= entry
+                                       <= _ring.MAX_RETURN_ADDRESS):
+                        res.broken_chains += 1
+                        break
                     frames.append(entry if not frames else entry - 1)
             if not frames:
                 frames = [ip]

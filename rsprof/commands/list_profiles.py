@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from rsprof.report.render import render_json, render_table
+from rsprof.report.render import Cell, render_json, render_table
 from rsprof.storage.discovery import list_profiles
 
 
@@ -25,7 +25,7 @@ def list_command(directory: Path, as_json: bool) -> None:
     if not profiles:
         sys.stdout.write(f"no rsprof profiles in {directory}\n")
         return
-    rows = [[p.path.name, p.summary.process_name, p.summary.pid,
+    rows: list[list[Cell]] = [[p.path.name, p.summary.process_name, p.summary.pid,
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.summary.start_time)),
              f"{p.summary.duration_s:.1f}s", p.summary.counters["samples"]]
             for p in profiles]

@@ -9,7 +9,7 @@ import click
 
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
-from rsprof.report.render import render_csv, render_json, render_table
+from rsprof.report.render import Cell, render_csv, render_json, render_table
 from rsprof.storage.profile_file import open_readonly
 
 
@@ -45,7 +45,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     finally:
         conn.close()
     if sort_by == "total":
-        ranked = sorted(report.rows, key=lambda r: (-r.total_samples, -r.self_samples, r.function))
+        ranked = sorted(report.rows,
+                        key=lambda r: (-r.total_samples, -r.self_samples, r.function))
         rows = [r for r in ranked if r.total_percent >= threshold][:limit]
     else:
         rows = [r for r in report.rows if r.self_samples and r.self_percent >= threshold][:limit]
@@ -64,8 +65,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
         })
         return
     headers = ["self%", "total%", "samples", "function", "location"]
-    table = [[r.self_percent, r.total_percent, r.self_samples, r.function, r.location]
-             for r in rows]
+    table: list[list[Cell]] = [
+        [r.self_percent, r.total_percent, r.self_samples, r.function, r.location] for r in rows]
     if as_csv:
         render_csv(out, ["self_percent", "total_percent", "self_samples", "total_samples",
                          "function", "file", "line", "module"],

@@ -8,6 +8,7 @@ per-CPU events; all events of one CPU write into one ring (SET_OUTPUT).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -121,17 +122,13 @@ class PerfSession:
             ring.close()
         self.rings.clear()
         for fd in self.fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.fds.clear()
 
 
 def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass

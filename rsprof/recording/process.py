@@ -75,9 +75,9 @@ def find_by_name(name: str) -> int:
         raw = _read(f"/proc/{pid}/cmdline") or ""
         argv0 = os.path.basename(raw.split("\0", 1)[0]) if raw else ""
         # comm is cut to 15 characters by the kernel; compare the prefix too.
-        if name in (comm, argv0) or (len(comm) == 15 and name.startswith(comm)):
-            if is_alive(pid):
-                matches.append((pid, " ".join(p for p in raw.split("\0") if p) or comm))
+        named = name in (comm, argv0) or (len(comm) == 15 and name.startswith(comm))
+        if named and is_alive(pid):
+            matches.append((pid, " ".join(p for p in raw.split("\0") if p) or comm))
     if not matches:
         raise ProcessNotFound(f"no process named {name!r}")
     if len(matches) > 1:

@@ -91,7 +91,7 @@ class Recorder:
         start_ns = time.monotonic_ns()
         start_wall = time.time()
         start = self.clock()
-        symbolizer = Symbolizer(pid, opts.cache_dir)
+        symbolizer = Symbolizer(pid, opts.cache_dir, preload=True)
         writer.begin_recording(RecordingInfo(
             pid=pid, process_name=self.target.name, cmdline=self.target.cmdline,
             executable=self.target.executable, build_id=_build_id_of(self.target.pid),

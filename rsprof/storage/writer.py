@@ -7,6 +7,7 @@ to a single-file journal so a finished profile is one file.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -57,6 +58,11 @@ class RecordingCounters:
             "throttle_events": self.throttle_events,
             "other_process_samples": self.other_process_samples,
         }
+
+
+def sql_u64(value: int) -> int:
+    """A 64-bit unsigned value as SQLite's signed INTEGER (two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def compress_ids(ids: Iterable[int]) -> bytes:
@@ -139,18 +145,15 @@ class ProfileWriter:
         self._set_meta({"end_time": end_time, "end_reason": end_reason})
         self._write_counters()
         self.conn.execute("COMMIT")
-        try:
+        # If a reader holds the WAL open this fails; the file stays valid in WAL mode.
+        with contextlib.suppress(sqlite3.OperationalError):
             self.conn.execute("PRAGMA journal_mode = DELETE")
-        except sqlite3.OperationalError:
-            pass  # a reader holds the WAL open; the file stays valid in WAL mode
         self.conn.close()
 
     def close_abruptly(self) -> None:
         """Close without finalizing (used when something failed mid-recording)."""
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("COMMIT")
-        except sqlite3.Error:
-            pass
         self.conn.close()
 
     # -- symbols --------------------------------------------------------------
@@ -166,7 +169,7 @@ class ProfileWriter:
             cur = self.conn.execute(
                 "INSERT INTO addresses (recording_id, address, module_id, rel_address)"
                 " VALUES (?,?,?,?)",
-                (self.recording_id, address, module_id, res.rel_address),
+                (self.recording_id, sql_u64(address), module_id, sql_u64(res.rel_address)),
             )
             address_id = int(cur.lastrowid or 0)
             self._addresses[address] = address_id

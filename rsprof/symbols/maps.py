@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 _DELETED = " (deleted)"
+VDSO = "[vdso]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,8 @@ def parse_maps(text: str) -> list[Mapping]:
         if len(parts) < 6:
             continue  # anonymous mapping
         addr, perms, offset, dev, inode, path = parts
-        if "x" not in perms or not path.startswith("/"):
-            continue  # not executable, or [vdso], [vsyscall], [heap], memfd:..., etc.
+        if "x" not in perms or not (path.startswith("/") or path == VDSO):
+            continue  # not executable, or [vsyscall], [heap], memfd:..., etc.
         try:
             lo, hi = addr.split("-", 1)
             start, end = int(lo, 16), int(hi, 16)
@@ -94,6 +95,8 @@ def open_mapping(pid: int, mapping: Mapping) -> int | None:
     Holding the fd keeps the contents readable after the process exits or the file is
     deleted; read it via `fd_path(fd)`.
     """
+    if mapping.path == VDSO:
+        return _copy_vdso(pid, mapping)
     path = readable_path(pid, mapping)
     if path is None:
         return None
@@ -101,6 +104,21 @@ def open_mapping(pid: int, mapping: Mapping) -> int | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    return fd
+
+
+def _copy_vdso(pid: int, mapping: Mapping) -> int | None:
+    """The vDSO is an ELF image in memory only: copy it into a memfd to read its symbols."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(mapping.start)
+            image = mem.read(mapping.end - mapping.start)
+    except (OSError, OverflowError, ValueError):
+        return None
+    if not image.startswith(b"\x7fELF"):
+        return None
+    fd = os.memfd_create("rsprof-vdso", os.MFD_CLOEXEC)
+    os.write(fd, image)
     return fd
 
 

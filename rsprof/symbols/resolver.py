@@ -164,6 +164,35 @@ class Symbolizer:
 
     # -- objects -------------------------------------------------------------
 
+    def _load_objects_for(self, addresses: Iterable[int]) -> None:
+        """Load the objects these addresses fall into, in parallel.
+
+        Building a SymCache runs in native code without the GIL, so the main binary
+        and, say, libc with a separate debug file are processed concurrently.
+        """
+        pending: dict[tuple[str, int, str], _ObjectSlot] = {}
+        for address in addresses:
+            m = self._find_mapping(address)
+            if m is not None and m.file_key not in pending:
+                slot = self._slots[m.file_key]
+                if slot.symbols is None:
+                    pending[m.file_key] = slot
+        if len(pending) < 2:
+            return
+        slots = list(pending.values())
+        cache_dir = self.cache_dir
+
+        def load(slot: _ObjectSlot) -> None:
+            with contextlib.suppress(Exception):
+                slot.load(cache_dir)
+
+        threads = [threading.Thread(target=load, args=(slot,), daemon=True) for slot in slots[1:]]
+        for t in threads:
+            t.start()
+        load(slots[0])
+        for t in threads:
+            t.join()
+
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
 
@@ -200,6 +229,8 @@ class Symbolizer:
         """Resolve lookup addresses (return addresses already minus one)."""
         out: dict[int, ResolvedAddress] = {}
         results = self._results
+        addresses = list(addresses)
+        self._load_objects_for(a for a in addresses if a not in results)
         for address in addresses:
             if address in out:
                 continue

@@ -31,6 +31,7 @@ def assert_agree(dec, counts, stacks, ref) -> None:
     assert dec.truncated == ref.truncated
     assert dec.malformed == ref.malformed
     assert dec.other_process_samples == ref.other_process_samples
+    assert dec.broken_chains == ref.broken_chains
     assert dec.take_events() == ref.events
 
 
@@ -73,10 +74,10 @@ def test_lost_records_accumulate() -> None:
 def test_kernel_part_of_callchain_is_dropped_and_truncation_counted() -> None:
     deep = list(range(0x10000, 0x10000 + _ring.MAX_STACK))
     data, tail, head = ring_with(
-        [sample(1, 0, [0x500, 0x601], kernel=[0xFFFFFFFF81000000]), sample(1, 0, deep)],
+        [sample(1, 0, [0x5000, 0x6001], kernel=[0xFFFFFFFF81000000]), sample(1, 0, deep)],
         4096, 0)
     dec, counts, stacks, ref, _ = decode_both(data, tail, head)
-    assert stacks[0] == (0x500, 0x600)
+    assert stacks[0] == (0x5000, 0x6000)
     assert dec.truncated == 1
     assert len(stacks[1]) == _ring.MAX_STACK
     assert_agree(dec, counts, stacks, ref)
@@ -116,7 +117,7 @@ def test_bad_record_size_is_counted_and_skipped(bad_size: int) -> None:
 
 
 def test_head_beyond_ring_size_is_malformed() -> None:
-    dec, counts, stacks, ref, new_tail = decode_both(bytes(256), 0, 10_000)
+    dec, _counts, _stacks, _ref, new_tail = decode_both(bytes(256), 0, 10_000)
     assert new_tail == 10_000 and dec.malformed == 1 and dec.samples == 0
 
 
@@ -140,8 +141,8 @@ def test_random_valid_streams_agree_with_reference() -> None:
             kind = rng.random()
             if kind < 0.8:
                 depth = rng.randint(1, 12)
-                records.append(sample(rng.randint(1, 4), rng.randint(0, 5 * SEC),
-                                      [rng.choice([0x10, 0x20, 0x30, 0x40]) for _ in range(depth)]))
+                ips = [rng.choice([0x10, 0x2000, 0x3000, 0x4000]) for _ in range(depth)]
+                records.append(sample(rng.randint(1, 4), rng.randint(0, 5 * SEC), ips))
             elif kind < 0.9:
                 records.append(lost(rng.randint(1, 100)))
             else:
@@ -151,3 +152,14 @@ def test_random_valid_streams_agree_with_reference() -> None:
         data, tail, head = ring_with(records, size, rng.randrange(0, 4 * size))
         dec, counts, stacks, ref, _ = decode_both(data, tail, head)
         assert_agree(dec, counts, stacks, ref)
+
+
+def test_chain_stops_at_an_impossible_return_address() -> None:
+    records = [sample(1, 0, [0x5000, 0x6001, 0, 0x7001]),
+               sample(1, 0, [0x5000, 0x6001, 2**63 + 5]),
+               sample(1, 0, [0x5000, 0x6001, 0x7001])]
+    data, tail, head = ring_with(records, 4096, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head)
+    assert stacks == [(0x5000, 0x6000), (0x5000, 0x6000, 0x7000)]
+    assert dec.broken_chains == 2
+    assert_agree(dec, counts, stacks, ref)

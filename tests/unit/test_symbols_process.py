@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from rsprof.symbols.elf import read_elf_identity, read_section_facts
-from rsprof.symbols.maps import Mapping, parse_maps, read_exec_mappings, readable_path
+from rsprof.symbols.maps import (
+    VDSO,
+    Mapping,
+    fd_path,
+    open_mapping,
+    parse_maps,
+    read_exec_mappings,
+    readable_path,
+)
 from rsprof.symbols.resolver import Symbolizer, resolve_file_addresses
 from rsprof.symbols.symtab import SymbolTable
 
@@ -46,6 +54,7 @@ def test_parse_maps() -> None:
         Mapping(
             0x7F0000400000, 0x7F0000401000, 0, "/tmp/dir with space/lib.so", 99, "08:01", False
         ),
+        Mapping(0x7FFC8A5F2000, 0x7FFC8A5F4000, 0, "[vdso]", 0, "00:00", False),
     ]
     assert maps[0].file_offset(0x55D0C0A14010) == 0x14010
 
@@ -54,6 +63,13 @@ def test_own_process_mappings_are_readable() -> None:
     maps = read_exec_mappings(os.getpid())
     assert maps
     for m in maps:
+        if m.path == VDSO:
+            fd = open_mapping(os.getpid(), m)  # copied out of memory
+            assert fd is not None
+            with open(fd_path(fd), "rb") as f:
+                assert f.read(4) == b"\x7fELF"
+            os.close(fd)
+            continue
         path = readable_path(os.getpid(), m)
         assert path is not None
         with open(path, "rb") as f:
@@ -184,3 +200,16 @@ def test_c_binary_address_space_matches_addr2line(tmp_path: Path, pie: str) -> N
     theirs.discard("t.c:?")
     assert theirs and theirs <= mine | {"t.c:0"}
     assert any(f.function == "sq" and f.inlined for a in addrs for f in ours[a])
+
+
+def test_vdso_addresses_name_vdso_functions() -> None:
+    from rsprof.symbols.resolver import Symbolizer
+
+    vdso = next(m for m in read_exec_mappings(os.getpid()) if m.path == VDSO)
+    with Symbolizer(os.getpid(), cache_dir=None) as sym:
+        names = set()
+        for address in range(vdso.start, vdso.end, 16):
+            res = sym.resolve([address])[address]
+            assert res.module == VDSO
+            names.update(f.function for f in res.frames if f.resolved)
+    assert any("clock_gettime" in n for n in names), names
