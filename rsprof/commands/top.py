@@ -78,5 +78,10 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
         f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
         f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source})\n"
         f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
-        f"unresolved addresses {c['unresolved_addresses']}\n\n")
+        f"broken stacks {c['broken_stacks']}, unresolved addresses "
+        f"{c['unresolved_addresses']}\n")
+    if c["malformed_records"] or c["other_process_samples"]:
+        out.write(f"malformed records {c['malformed_records']}, samples of child processes "
+                  f"{c['other_process_samples']} (not stored)\n")
+    out.write("\n")
     render_table(out, headers, table, right_align=[True, True, True, False, False])

@@ -186,6 +186,7 @@ class Recorder:
         c.malformed_records = decoder.malformed
         c.throttle_events = decoder.throttled
         c.other_process_samples = decoder.other_process_samples
+        c.broken_stacks = decoder.broken_chains
         writer.commit()
 
     def _progress(self, elapsed: float, decoder: _ring.PerfDecoder,

@@ -47,6 +47,7 @@ class RecordingCounters:
     malformed_records: int = 0
     throttle_events: int = 0
     other_process_samples: int = 0
+    broken_stacks: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -57,6 +58,7 @@ class RecordingCounters:
             "malformed_records": self.malformed_records,
             "throttle_events": self.throttle_events,
             "other_process_samples": self.other_process_samples,
+            "broken_stacks": self.broken_stacks,
         }
 
 

@@ -27,8 +27,8 @@ _SYSTEM_PREFIXES = (
 
 
 def is_system_library(path: str) -> bool:
-    """Distribution-provided objects, which are routinely stripped of DWARF."""
-    return path.startswith(_SYSTEM_PREFIXES)
+    """Distribution-provided objects (and the kernel's vDSO), routinely without DWARF."""
+    return path.startswith(_SYSTEM_PREFIXES) or path == "[vdso]"
 
 
 def cache_key(identity: ElfIdentity, read_path: str) -> str:
