@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (EXAMPLE, build_targets, median, proc_cpu_seconds, require, rsprof_cmd,
-                    rsprof_env)
+from common import EXAMPLE, build_targets, median, proc_cpu_seconds, require, rsprof_cmd, rsprof_env
 
 WARMUP_S = 3.0
 

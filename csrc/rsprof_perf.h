@@ -17,9 +17,26 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* What every CPU sample carries, in this order (perf orders fields by bit). */
-#define RSPROF_SAMPLE_TYPE \
-    (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CALLCHAIN)
+/* What every CPU sample carries, in this order (perf orders fields by bit):
+ * ip, pid/tid, time, callchain, user registers (bp, sp), a copy of the top of
+ * the user stack. The registers and stack let the reader recover the caller
+ * of a leaf in code without frame pointers (libc), see _ring.pyx. */
+#define RSPROF_SAMPLE_TYPE                                                   \
+    (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CALLCHAIN | \
+     PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER)
+
+#if defined(__x86_64__)
+#include <asm/perf_regs.h>
+/* Registers copied per sample, in bit order: bp then sp. */
+#define RSPROF_REGS_MASK ((1ULL << PERF_REG_X86_BP) | (1ULL << PERF_REG_X86_SP))
+#define RSPROF_NREGS 2
+#else
+#define RSPROF_REGS_MASK 0ULL
+#define RSPROF_NREGS 0
+#endif
+
+/* Bytes of user stack copied per sample (from the stack pointer up). */
+#define RSPROF_STACK_BYTES 512
 
 /* Deepest user stack requested from the kernel; a chain this long is counted
  * as truncated. */
@@ -49,6 +66,8 @@ static inline int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit,
     attr.exclude_hv = 1;
     attr.exclude_callchain_kernel = 1;
     attr.sample_max_stack = RSPROF_MAX_STACK;
+    attr.sample_regs_user = RSPROF_REGS_MASK;
+    attr.sample_stack_user = RSPROF_STACK_BYTES;
     attr.inherit = inherit ? 1 : 0;
     attr.comm = 1;
     attr.task = 1;

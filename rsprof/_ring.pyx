@@ -12,7 +12,7 @@ a return address minus 1, so each is a lookup address as is.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
@@ -38,6 +38,8 @@ cdef extern from "rsprof_perf.h":
         PERF_RECORD_UNTHROTTLE
         RSPROF_MAX_STACK
         RSPROF_MAX_RECORD
+        RSPROF_NREGS
+        RSPROF_STACK_BYTES
     uint64_t RSPROF_SAMPLE_TYPE
     uint64_t RSPROF_CONTEXT_MAX
     uint64_t RSPROF_CONTEXT_USER
@@ -60,6 +62,11 @@ SAMPLE_TYPE = RSPROF_SAMPLE_TYPE
 CONTEXT_MAX = RSPROF_CONTEXT_MAX
 CONTEXT_USER = RSPROF_CONTEXT_USER
 MAX_STACK = RSPROF_MAX_STACK
+NREGS = RSPROF_NREGS
+STACK_BYTES = RSPROF_STACK_BYTES
+# At most this many return addresses are taken from a scanned stack.
+DEF SCAN_MAX_FRAMES = 8
+MAX_SCANNED_FRAMES = SCAN_MAX_FRAMES
 
 # Return addresses outside [MIN_CODE_ADDRESS, MAX_USER_ADDRESS] cannot be real:
 # the null page holds no code and user space ends below 2^56 (5-level paging).
@@ -120,6 +127,14 @@ cdef class PerfDecoder:
     cdef public uint64_t malformed
     cdef public uint64_t early_samples
     cdef public uint64_t broken_chains
+    cdef public uint64_t scanned_stacks
+    cdef uint64_t* code_starts
+    cdef uint64_t* code_ends
+    cdef uint8_t* code_system
+    cdef const uint8_t** code_bytes
+    cdef uint64_t* code_lens
+    cdef list code_views
+    cdef Py_ssize_t n_code
     cdef public list events
 
     def __cinit__(self, StackTable stacks, uint32_t target_pid, int64_t start_ns,
@@ -142,6 +157,11 @@ cdef class PerfDecoder:
         free(self.slots)
         free(self.scratch)
         free(self.frames)
+        free(self.code_starts)
+        free(self.code_ends)
+        free(self.code_system)
+        free(self.code_bytes)
+        free(self.code_lens)
 
     cdef int _grow(self) except -1:
         cdef uint64_t old_cap = self.capacity, i, j, new_cap = self.capacity * 2
@@ -176,9 +196,168 @@ cdef class PerfDecoder:
         self.used += 1
         return 0
 
+    cdef Py_ssize_t _code_index(self, uint64_t addr) noexcept:
+        """Index of the executable mapping holding addr, or -1."""
+        cdef Py_ssize_t lo = 0, hi = self.n_code, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.code_starts[mid] <= addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0 or addr >= self.code_ends[lo - 1]:
+            return -1
+        return lo - 1
+
+    cdef int _code_kind(self, uint64_t addr) noexcept:
+        """0: in no executable mapping, 1: system library (no frame pointers), 2: other code."""
+        cdef Py_ssize_t i = self._code_index(addr)
+        if i < 0:
+            return 0
+        return 1 if self.code_system[i] else 2
+
+    cdef bint _follows_call(self, Py_ssize_t i, uint64_t addr) noexcept:
+        """Whether the instruction before addr is an x86-64 call (so addr is a return
+        address, not a stale function pointer). Unknown code bytes: trust it."""
+        cdef const uint8_t* code = self.code_bytes[i]
+        cdef uint64_t o = addr - self.code_starts[i]
+        cdef uint8_t modrm
+        if code == NULL or o > self.code_lens[i]:
+            return True
+        if o >= 5 and code[o - 5] == 0xE8:
+            return True  # call rel32
+        if o >= 2 and code[o - 2] == 0xFF:
+            modrm = code[o - 1]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0xC0:
+                return True  # call reg
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0 and (modrm & 7) != 4 and (modrm & 7) != 5:
+                return True  # call [reg]
+        if o >= 3 and code[o - 3] == 0xFF:
+            modrm = code[o - 2]
+            if (modrm & 0x38) == 0x10 and (((modrm & 0xC0) == 0x40 and (modrm & 7) != 4) or
+                                           ((modrm & 0xC0) == 0 and (modrm & 7) == 4)):
+                return True  # call [reg+disp8], call [sib]
+        if o >= 4 and code[o - 4] == 0xFF:
+            modrm = code[o - 3]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x40 and (modrm & 7) == 4:
+                return True  # call [sib+disp8]
+        if o >= 6 and code[o - 6] == 0xFF:
+            modrm = code[o - 5]
+            if (modrm & 0x38) == 0x10 and (modrm == 0x15 or ((modrm & 0xC0) == 0x80 and (modrm & 7) != 4)):
+                return True  # call [rip+disp32], call [reg+disp32]
+        if o >= 7 and code[o - 7] == 0xFF:
+            modrm = code[o - 6]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) == 4:
+                return True  # call [sib+disp32]
+        return False
+
+    def set_code_ranges(self, ranges) -> None:
+        """Executable mappings as (start, end, is_system_library, code bytes or None).
+
+        The code bytes (the mapped part of the file, from `start`) let the stack
+        scan check that a candidate return address follows a call instruction.
+        """
+        cdef list items = sorted(((int(r[0]), int(r[1]), bool(r[2]), r[3]) for r in ranges),
+                                 key=lambda r: r[0])
+        cdef Py_ssize_t n = len(items), i
+        cdef const uint8_t[::1] view
+        cdef void* p
+        p = realloc(self.code_starts, (n + 1) * sizeof(uint64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.code_starts = <uint64_t*>p
+        p = realloc(self.code_ends, (n + 1) * sizeof(uint64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.code_ends = <uint64_t*>p
+        p = realloc(self.code_system, n + 1)
+        if p == NULL:
+            raise MemoryError()
+        self.code_system = <uint8_t*>p
+        p = realloc(self.code_bytes, (n + 1) * sizeof(uint8_t*))
+        if p == NULL:
+            raise MemoryError()
+        self.code_bytes = <const uint8_t**>p
+        p = realloc(self.code_lens, (n + 1) * sizeof(uint64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.code_lens = <uint64_t*>p
+        self.code_views = []
+        for i in range(n):
+            self.code_starts[i] = items[i][0]
+            self.code_ends[i] = items[i][1]
+            self.code_system[i] = 1 if items[i][2] else 0
+            self.code_bytes[i] = NULL
+            self.code_lens[i] = 0
+            if items[i][3] is not None and len(items[i][3]) > 0:
+                view = items[i][3]
+                self.code_views.append(view)
+                self.code_bytes[i] = &view[0]
+                self.code_lens[i] = view.shape[0]
+        self.n_code = n
+
+    cdef uint32_t _scan_caller(self, uint32_t n, uint64_t bp, uint64_t sp,
+                               const uint8_t* stack, uint64_t stack_len) noexcept:
+        """Recover the callers of a leaf in a system library from the copied stack.
+
+        Such code keeps no frame pointers, so the kernel's chain misses the leaf's
+        caller (or is garbage). The stack words above the stack pointer hold the
+        return addresses: take the ones into system code up to and including the
+        first one into other (user) code. The kernel's chain beyond the leaf is
+        kept only when the frame pointer still points above that return address
+        (it was not clobbered). Returns the new frame count.
+        """
+        cdef uint64_t off, w, slot = 0
+        cdef uint64_t found[SCAN_MAX_FRAMES]
+        cdef uint32_t nfound = 0, i, out, k
+        cdef int kind
+        cdef Py_ssize_t idx
+        cdef bint user_found = False
+        if n == 0 or self.n_code == 0 or stack_len < 8 or self._code_kind(self.frames[0]) != 1:
+            return n
+        off = 0
+        while off + 8 <= stack_len and nfound < SCAN_MAX_FRAMES:
+            memcpy(&w, stack + off, 8)
+            idx = self._code_index(w)
+            kind = 0 if idx < 0 else (1 if self.code_system[idx] else 2)
+            if kind != 0 and w > MIN_CODE_ADDRESS and self._follows_call(idx, w):
+                found[nfound] = w - 1
+                nfound += 1
+                if kind == 2:
+                    user_found = True
+                    slot = sp + off
+                    break
+            off += 8
+        if not user_found:
+            return n
+        self.scanned_stacks += 1
+        # Keep the kernel's chain when bp is a plausible frame above the slot.
+        cdef bint keep = n > 1 and bp > slot and bp - sp < (1 << 20)
+        if n > 1 and not keep:
+            self.broken_chains += 1
+        k = 1
+        if keep and self.frames[1] == found[nfound - 1]:
+            k = 2  # the kernel chain already has the caller (the leaf kept rbp)
+        out = 1 + nfound + ((n - k) if keep else 0)
+        if out > RSPROF_MAX_STACK + SCAN_MAX_FRAMES:
+            out = RSPROF_MAX_STACK + SCAN_MAX_FRAMES
+        # Shift the kept kernel chain up, then put the scanned frames after the leaf.
+        if keep:
+            i = out
+            while i > 1 + nfound:
+                i -= 1
+                self.frames[i] = self.frames[k + (i - 1 - nfound)]
+        for i in range(nfound):
+            self.frames[1 + i] = found[i]
+        return out
+
     cdef int _sample(self, const uint8_t* rec, uint32_t size) except -1:
-        # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 nr; u64 ips[nr]
-        cdef uint64_t ip, t, nr, i, entry
+        # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 nr;
+        # u64 ips[nr]; u64 abi; u64 regs[NREGS] if abi; u64 size; u8 data[size];
+        # u64 dyn_size if size.
+        cdef uint64_t ip, t, nr, i, entry, pos, abi = 0, bp = 0, sp = 0
+        cdef uint64_t stack_size = 0, dyn_size = 0
+        cdef const uint8_t* stack = NULL
         cdef uint32_t pid, tid, n = 0
         cdef bint in_user = True
         cdef int64_t rel
@@ -195,6 +374,33 @@ cdef class PerfDecoder:
         if nr > (size - 40) // 8:
             self.malformed += 1
             return 0
+        pos = 40 + 8 * nr
+        if pos + 8 > size:
+            self.malformed += 1
+            return 0
+        memcpy(&abi, rec + pos, 8)
+        pos += 8
+        if abi != 0:
+            if pos + 8 * RSPROF_NREGS > size:
+                self.malformed += 1
+                return 0
+            if RSPROF_NREGS == 2:
+                memcpy(&bp, rec + pos, 8)
+                memcpy(&sp, rec + pos + 8, 8)
+            pos += 8 * RSPROF_NREGS
+        if pos + 8 > size:
+            self.malformed += 1
+            return 0
+        memcpy(&stack_size, rec + pos, 8)
+        pos += 8
+        if stack_size:
+            if stack_size > size - pos or size - pos - stack_size < 8:
+                self.malformed += 1
+                return 0
+            stack = rec + pos
+            memcpy(&dyn_size, rec + pos + stack_size, 8)
+            if dyn_size > stack_size:
+                dyn_size = stack_size
         if pid != self.target_pid:
             self.other_process_samples += 1
             return 0
@@ -219,6 +425,8 @@ cdef class PerfDecoder:
             n = 1
         if n >= RSPROF_MAX_STACK:
             self.truncated += 1
+        if abi != 0 and stack != NULL:
+            n = self._scan_caller(n, bp, sp, stack, dyn_size)
         sid = self.stacks.intern(self.frames, n)
         rel = <int64_t>t - self.start_ns
         if rel < 0:

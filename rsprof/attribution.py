@@ -66,12 +66,20 @@ def is_system_module(module: str) -> bool:
     return module.startswith(_SYSTEM_DIRS)
 
 
+_PRIMITIVES = frozenset({
+    "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128", "isize",
+    "f32", "f64", "bool", "char", "str", "()",
+})
+
+
 def _crate_of(function: str) -> str:
-    name = function.lstrip("<&*")
+    """The crate a demangled Rust name belongs to: for `<T as Trait>::f`, T's crate."""
+    name = function.lstrip("<&*[").removeprefix("mut ").removeprefix("const ")
     if name.startswith("dyn "):
         name = name[4:]
     head = name.split("::", 1)[0]
-    return head.split("<", 1)[0].strip()
+    head = head.split("<", 1)[0].split(" as ", 1)[0].split(";", 1)[0].rstrip("]>").strip()
+    return "core" if head in _PRIMITIVES else head
 
 
 def is_internal(function: str, file: str | None, module: str) -> bool:

@@ -23,10 +23,11 @@ def parse_duration(text: str, what: str = "duration") -> float:
 
 def format_duration(seconds: float) -> str:
     """Short human form: 950ms, 12.3s, 4m05s, 1h02m."""
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
+    seconds = round(seconds)
     if seconds < 3600:
         return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"

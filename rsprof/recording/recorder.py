@@ -14,6 +14,7 @@ from typing import TextIO
 
 from rsprof import _ring, _unwind
 from rsprof.duration import format_duration
+from rsprof.recording.code_map import CodeMap
 from rsprof.recording.perf_session import PerfSession
 from rsprof.recording.process import ProcessInfo, is_alive, thread_name
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
@@ -44,6 +45,11 @@ class RecordResult:
     threads: int
 
 
+def _set_code_ranges(decoder: _ring.PerfDecoder, code: CodeMap, symbolizer: Symbolizer) -> None:
+    """Tell the decoder where code is, which keeps no frame pointers, and its bytes."""
+    decoder.set_code_ranges(code.ranges(symbolizer.mappings))
+
+
 def _build_id_of(pid: int) -> str | None:
     try:
         return read_elf_identity(f"/proc/{pid}/exe").build_id
@@ -62,6 +68,7 @@ class Recorder:
         self.status = status if status is not None else sys.stderr
         self.clock = clock
         self._stop_reason: str | None = None
+        self.code_map = CodeMap(target.pid)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         if self._stop_reason is None:
@@ -100,6 +107,7 @@ class Recorder:
         ))
         stacks = _unwind.StackTable()
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
+        _set_code_ranges(decoder, self.code_map, symbolizer)
         for tid in session.attached_tids:
             writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
         for warning in symbolizer.warnings:
@@ -171,6 +179,7 @@ class Recorder:
             unknown = [a for a, r in resolved.items() if r.module == "[unknown]"]
             if unknown and is_alive(pid):
                 symbolizer.refresh_maps()
+                _set_code_ranges(decoder, self.code_map, symbolizer)
                 resolved.update(symbolizer.resolve(unknown))
             writer.add_addresses(resolved)
         writer.add_stacks(new_stacks)
@@ -187,6 +196,7 @@ class Recorder:
         c.throttle_events = decoder.throttled
         c.other_process_samples = decoder.other_process_samples
         c.broken_stacks = decoder.broken_chains
+        c.scanned_stacks = decoder.scanned_stacks
         writer.commit()
 
     def _progress(self, elapsed: float, decoder: _ring.PerfDecoder,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 COUNTER_KEYS = (
     "samples", "lost_records", "truncated_stacks", "unresolved_addresses",
     "malformed_records", "throttle_events", "other_process_samples", "broken_stacks",
+    "scanned_stacks",
 )
 
 

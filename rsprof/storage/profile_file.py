@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from rsprof.errors import ProfileError, UsageError
 from rsprof.storage.schema import SCHEMA_VERSION
@@ -62,7 +63,7 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> int:
 def open_readonly(path: Path) -> sqlite3.Connection:
     """Open an existing profile read-only, after checking that it is one."""
     check_is_sqlite(path)
-    uri = f"file:{path.resolve()}?mode=ro"
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         conn.execute("PRAGMA query_only = 1")

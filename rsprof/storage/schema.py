@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS recordings (
     malformed_records INTEGER NOT NULL DEFAULT 0,
     throttle_events INTEGER NOT NULL DEFAULT 0,
     other_process_samples INTEGER NOT NULL DEFAULT 0,
-    broken_stacks INTEGER NOT NULL DEFAULT 0
+    broken_stacks INTEGER NOT NULL DEFAULT 0,
+    scanned_stacks INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS modules (
     id        INTEGER PRIMARY KEY,

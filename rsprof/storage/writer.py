@@ -48,6 +48,7 @@ class RecordingCounters:
     throttle_events: int = 0
     other_process_samples: int = 0
     broken_stacks: int = 0
+    scanned_stacks: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -59,6 +60,7 @@ class RecordingCounters:
             "throttle_events": self.throttle_events,
             "other_process_samples": self.other_process_samples,
             "broken_stacks": self.broken_stacks,
+            "scanned_stacks": self.scanned_stacks,
         }
 
 
@@ -190,12 +192,13 @@ class ProfileWriter:
         key = (path, build_id)
         mid = self._modules.get(key)
         if mid is None:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO modules (path, build_id) VALUES (?,?)", key
-            )
+            # Not INSERT OR IGNORE: UNIQUE treats NULL build-ids as all distinct.
             row = self.conn.execute(
                 "SELECT id FROM modules WHERE path = ? AND build_id IS ?", key
             ).fetchone()
+            if row is None:
+                cur = self.conn.execute("INSERT INTO modules (path, build_id) VALUES (?,?)", key)
+                row = (cur.lastrowid,)
             mid = int(row[0])
             self._modules[key] = mid
             if build_id is not None or path not in self._module_by_path:

@@ -10,7 +10,11 @@ PID = 4242
 
 
 def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool = True,
-           kernel: list[int] | None = None) -> bytes:
+           kernel: list[int] | None = None, regs: tuple[int, int] | None = (0, 0),
+           stack: list[int] | None = None, stack_room: int = 0) -> bytes:
+    """A PERF_RECORD_SAMPLE; regs=(bp, sp) or None for "no registers" (abi 0);
+    stack: the 64-bit words at sp (the kernel-reported dynamic size); stack_room:
+    extra copied-but-unused bytes beyond them."""
     chain: list[int] = []
     if kernel:
         chain.append(2**64 - 128)  # PERF_CONTEXT_KERNEL
@@ -20,6 +24,17 @@ def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool =
     chain.extend(ips)
     body = struct.pack("<QIIQQ", ips[0] if ips else 0, pid, tid, t, len(chain))
     body += b"".join(struct.pack("<Q", a) for a in chain)
+    if regs is None:
+        body += struct.pack("<Q", 0)
+    else:
+        body += struct.pack("<QQQ", 2, *regs)
+    words = stack or []
+    data = b"".join(struct.pack("<Q", w) for w in words)
+    if data or stack_room:
+        body += struct.pack("<Q", len(data) + stack_room) + data + bytes(stack_room)
+        body += struct.pack("<Q", len(data))
+    else:
+        body += struct.pack("<Q", 0)
     return struct.pack("<IHH", _ring.RECORD_SAMPLE, 2, 8 + len(body)) + body
 
 

@@ -13,13 +13,22 @@ from tests.unit.perf_records import PID, comm, fork, lost, ring_with, sample
 SEC = 1_000_000_000
 
 
-def decode_both(data: bytes, tail: int, head: int, start_ns: int = 0, interval_ns: int = SEC):
+# Executable mappings for the stack-scanning tests: a "libc" and a user binary.
+LIBC = (0x7F0000000000, 0x7F0000100000, True, None)
+APP = (0x555500000000, 0x555500100000, False, None)
+CODE_RANGES = [LIBC, APP]
+
+
+def decode_both(data: bytes, tail: int, head: int, start_ns: int = 0, interval_ns: int = SEC,
+                code_ranges: list[tuple[int, int, bool, bytes | None]] | None = None):
     table = _unwind.StackTable()
     dec = _ring.PerfDecoder(table, PID, start_ns, interval_ns)
+    if code_ranges:
+        dec.set_code_ranges(code_ranges)
     new_tail = dec.decode_bytes(data, tail, head)
     counts = {(iv, tid, sid): n for iv, tid, sid, n in dec.take_counts()}
     stacks = [tuple(f) for _, f in table.take_new()]
-    ref = decode_ring(data, tail, head, PID, start_ns, interval_ns)
+    ref = decode_ring(data, tail, head, PID, start_ns, interval_ns, code_ranges)
     return dec, counts, stacks, ref, new_tail
 
 
@@ -32,6 +41,7 @@ def assert_agree(dec, counts, stacks, ref) -> None:
     assert dec.malformed == ref.malformed
     assert dec.other_process_samples == ref.other_process_samples
     assert dec.broken_chains == ref.broken_chains
+    assert dec.scanned_stacks == ref.scanned_stacks
     assert dec.take_events() == ref.events
 
 
@@ -54,8 +64,8 @@ def test_samples_are_counted_per_interval_thread_and_stack() -> None:
 
 def test_records_wrapping_the_ring_end_decode_like_contiguous_ones() -> None:
     records = [sample(7, 1, [0xAAAA, 0xBBBB + i, 0xCCCC]) for i in range(6)] + [lost(3)]
-    size = 512
-    for tail in (0, 8, 200, 496, 504, 1000 * size + 40):
+    size = 1024
+    for tail in (0, 8, 200, 1008, 1016, 1000 * size + 40):
         data, t, head = ring_with(records, size, tail)
         dec, counts, stacks, ref, new_tail = decode_both(data, t, head)
         assert new_tail == head
@@ -162,4 +172,84 @@ def test_chain_stops_at_an_impossible_return_address() -> None:
     dec, counts, stacks, ref, _ = decode_both(data, tail, head)
     assert stacks == [(0x5000, 0x6000), (0x5000, 0x6000, 0x7000)]
     assert dec.broken_chains == 2
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_caller_of_a_libc_leaf_is_recovered_from_the_stack() -> None:
+    libc_leaf = LIBC[0] + 0x500
+    libc_inner_ret = LIBC[0] + 0x900  # random() called random_r()
+    user_ret = APP[0] + 0x1234  # call_libc_rand() called random()
+    outer_ret = APP[0] + 0x2000  # main() called call_libc_rand(): the kernel chain has it
+    sp = 0x7FFD00001000
+    stack = [7, libc_inner_ret, 0, user_ret, 99]
+    slot = sp + 8 * 3
+    intact = sample(1, 0, [libc_leaf, outer_ret], regs=(slot + 64, sp), stack=stack)
+    clobbered = sample(1, 0, [libc_leaf, outer_ret + 8], regs=(12345, sp), stack=stack)
+    no_user = sample(1, 0, [libc_leaf, outer_ret + 16], regs=(slot + 64, sp), stack=[7, 8])
+    user_leaf = sample(1, 0, [APP[0] + 0x10, outer_ret], regs=(slot + 64, sp), stack=stack)
+    data, tail, head = ring_with([intact, clobbered, no_user, user_leaf], 4096, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head, code_ranges=CODE_RANGES)
+    assert stacks[0] == (libc_leaf, libc_inner_ret - 1, user_ret - 1, outer_ret - 1)
+    # bp no longer points into the stack: the kernel's chain beyond the leaf is dropped.
+    assert stacks[1] == (libc_leaf, libc_inner_ret - 1, user_ret - 1)
+    # Nothing of the user's on the copied stack: left as the kernel gave it.
+    assert stacks[2] == (libc_leaf, outer_ret + 16 - 1)
+    # A leaf in user code (with frame pointers) is never rewritten.
+    assert stacks[3] == (APP[0] + 0x10, outer_ret - 1)
+    assert dec.scanned_stacks == 2 and dec.broken_chains == 1
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_kernel_chain_that_already_has_the_caller_is_not_duplicated() -> None:
+    libc_leaf = LIBC[0] + 0x500
+    user_ret = APP[0] + 0x1234
+    sp = 0x7FFD00001000
+    rec = sample(1, 0, [libc_leaf, user_ret, APP[0] + 0x3000], regs=(sp + 256, sp),
+                 stack=[user_ret])
+    data, tail, head = ring_with([rec], 1024, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head, code_ranges=CODE_RANGES)
+    assert stacks == [(libc_leaf, user_ret - 1, APP[0] + 0x3000 - 1)]
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_random_samples_with_stacks_agree_with_reference() -> None:
+    rng = random.Random(7)
+    pool = [LIBC[0] + 0x10, LIBC[0] + 0x800, APP[0] + 0x40, APP[0] + 0x900, 0x1234, 5]
+    records = []
+    for _ in range(200):
+        ips = [rng.choice(pool[:4]) for _ in range(rng.randint(1, 6))]
+        stack = [rng.choice(pool) for _ in range(rng.randint(0, 12))]
+        sp = 0x7FFD00000000
+        records.append(sample(rng.randint(1, 3), 0, ips,
+                              regs=None if rng.random() < 0.1
+                              else (sp + rng.choice([0, 48, 4096]), sp),
+                              stack=stack, stack_room=rng.choice([0, 16])))
+    stream_len = sum(len(r) for r in records)
+    data, tail, head = ring_with(records, 1 << stream_len.bit_length(), 77)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head, code_ranges=CODE_RANGES)
+    assert dec.scanned_stacks > 0
+    assert_agree(dec, counts, stacks, ref)
+
+
+def test_stack_scan_takes_only_words_that_follow_a_call() -> None:
+    """A stale function pointer on the stack is not a return address."""
+    start = 0x555500000000
+    code = bytearray(0x1000)
+    code[0x100:0x105] = b"\xe8\x00\x00\x00\x00"  # call rel32; returns to +0x105
+    code[0x200:0x202] = b"\xff\xd0"  # call rax; returns to +0x202
+    code[0x300:0x306] = b"\xff\x15\x00\x00\x00\x00"  # call [rip+x]; returns to +0x306
+    code[0x3FF] = 0xCC  # padding before a function starting at +0x400
+    app = (start, start + 0x1000, False, bytes(code))
+    libc_leaf = LIBC[0] + 0x500
+    sp = 0x7FFD00001000
+    records = [
+        sample(1, 0, [libc_leaf], regs=(0, sp), stack=[start + 0x400, start + 0x105]),
+        sample(1, 0, [libc_leaf], regs=(0, sp), stack=[start + 0x202]),
+        sample(1, 0, [libc_leaf], regs=(0, sp), stack=[start + 0x306]),
+        sample(1, 0, [libc_leaf], regs=(0, sp), stack=[start + 0x400]),
+    ]
+    data, tail, head = ring_with(records, 4096, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head, code_ranges=[LIBC, app])
+    assert stacks == [(libc_leaf, start + 0x104), (libc_leaf, start + 0x201),
+                      (libc_leaf, start + 0x305), (libc_leaf,)]
     assert_agree(dec, counts, stacks, ref)
