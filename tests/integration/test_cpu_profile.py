@@ -89,12 +89,14 @@ def test_user_functions_named_like_internals_are_charged(targets, start_target, 
     assert shares.get("naming::inlined_hot_loop", 0) >= 12, shares
     inline_rows = query(db, "SELECT DISTINCT function FROM address_symbols WHERE depth > 0")
     assert ("naming::inlined_hot_loop",) in inline_rows
-    # By default libc time is charged to user code, never to libc. libc keeps no
-    # frame pointers, so the frame-pointer chain skips its direct caller
-    # (call_libc_rand) and reaches main: docs/attribution.md says so.
+    # By default libc time is charged to the user function that called libc.
+    # libc keeps no frame pointers, so that caller is recovered by scanning the
+    # copied stack (docs/attribution.md); without it, main would get the time.
     default = top_cpu_json(run_rsprof, db)
     assert not [r for r in default["functions"] if "libc.so" in r["module"]]
-    assert shares.get("naming::call_libc_rand", 0) + shares.get("naming::main", 0) >= 5, shares
+    assert abs(shares.get("naming::call_libc_rand", 0) - 10) <= 4, shares
+    assert shares.get("naming::main", 0) < 2, shares
+    assert default["summary"]["scanned_stacks"] > 0
     # --include-internal charges the true leaf: a named libc function.
     leaf = top_cpu_json(run_rsprof, db, "--include-internal")
     libc_rows = [r for r in leaf["functions"] if "libc.so" in r["module"]]
