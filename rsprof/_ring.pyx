@@ -302,10 +302,12 @@ cdef class PerfDecoder:
 
         Such code keeps no frame pointers, so the kernel's chain misses the leaf's
         caller (or is garbage). The stack words above the stack pointer hold the
-        return addresses: take the ones into system code up to and including the
-        first one into other (user) code. The kernel's chain beyond the leaf is
-        kept only when the frame pointer still points above that return address
-        (it was not clobbered). Returns the new frame count.
+        return addresses (words into code that follow a call instruction): take
+        them up to and including the first one into other (user) code. If the
+        frame pointer still points above that return address (not clobbered),
+        the kernel's chain beyond the leaf is kept and continues from there;
+        otherwise scanning goes on for further callers (at most
+        SCAN_MAX_FRAMES in all). Returns the new frame count.
         """
         cdef uint64_t off, w, slot = 0
         cdef uint64_t found[SCAN_MAX_FRAMES]
@@ -313,6 +315,7 @@ cdef class PerfDecoder:
         cdef int kind
         cdef Py_ssize_t idx
         cdef bint user_found = False
+        cdef bint keep = False
         if n == 0 or self.n_code == 0 or stack_len < 8 or self._code_kind(self.frames[0]) != 1:
             return n
         off = 0
@@ -323,20 +326,23 @@ cdef class PerfDecoder:
             if kind != 0 and w > MIN_CODE_ADDRESS and self._follows_call(idx, w):
                 found[nfound] = w - 1
                 nfound += 1
-                if kind == 2:
+                if kind == 2 and not user_found:
                     user_found = True
                     slot = sp + off
-                    break
+                    # Keep the kernel's chain when bp is a plausible frame above the
+                    # slot; then the chain goes on from here. Otherwise bp was
+                    # clobbered: keep scanning for the callers further up.
+                    keep = n > 1 and bp > slot and bp - sp < (1 << 20)
+                    if keep:
+                        break
             off += 8
         if not user_found:
             return n
         self.scanned_stacks += 1
-        # Keep the kernel's chain when bp is a plausible frame above the slot.
-        cdef bint keep = n > 1 and bp > slot and bp - sp < (1 << 20)
         if n > 1 and not keep:
             self.broken_chains += 1
         k = 1
-        if keep and self.frames[1] == found[nfound - 1]:
+        if keep and n > 1 and self.frames[1] == found[nfound - 1]:
             k = 2  # the kernel chain already has the caller (the leaf kept rbp)
         out = 1 + nfound + ((n - k) if keep else 0)
         if out > RSPROF_MAX_STACK + SCAN_MAX_FRAMES:

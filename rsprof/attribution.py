@@ -38,7 +38,7 @@ _SYSTEM_LIB_PREFIXES = (
 )
 _SPECIAL_MODULES = ("[vdso]", "[vsyscall]", "[unknown]")
 _RSPROF_MODULE_PREFIXES = ("librsprof",)
-_INTERNAL_CRATES = frozenset({"std", "core", "alloc", "proc_macro", "rsprof_trace"})
+_INTERNAL_CRATES = frozenset({"std", "core", "alloc", "proc_macro", "rsprof_trace", "__rustc"})
 _RUNTIME_SYMBOLS = frozenset({
     "_start", "__libc_start_main", "__libc_start_call_main", "rust_begin_unwind",
     "rust_panic", "main",

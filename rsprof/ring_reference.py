@@ -101,6 +101,7 @@ def _scan_caller(frames: list[int], bp: int, sp: int, stack: bytes,
         return frames
     found: list[int] = []
     slot = None
+    keep = False
     for off in range(0, len(stack) - 7, 8):
         if len(found) >= _ring.MAX_SCANNED_FRAMES:
             break
@@ -109,13 +110,14 @@ def _scan_caller(frames: list[int], bp: int, sp: int, stack: bytes,
         kind = 0 if r is None else (1 if r[2] else 2)
         if r is not None and word > _ring.MIN_RETURN_ADDRESS and _follows_call(r, word):
             found.append(word - 1)
-            if kind == 2:
+            if kind == 2 and slot is None:
                 slot = sp + off
-                break
+                keep = len(frames) > 1 and bp > slot and bp - sp < (1 << 20)
+                if keep:
+                    break
     if slot is None:
         return frames
     res.scanned_stacks += 1
-    keep = len(frames) > 1 and bp > slot and bp - sp < (1 << 20)
     if len(frames) > 1 and not keep:
         res.broken_chains += 1
     rest: list[int] = []

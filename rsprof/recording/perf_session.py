@@ -15,7 +15,7 @@ import resource
 from collections.abc import Iterator
 
 from rsprof import _ring
-from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError
+from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError, UsageError
 from rsprof.recording.process import thread_ids
 
 RING_DATA_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
@@ -42,7 +42,15 @@ def _paranoid() -> str:
         return "unknown"
 
 
-def explain_perf_error(exc: OSError, pid: int) -> RsprofError:
+def _max_sample_rate() -> int | None:
+    try:
+        with open("/proc/sys/kernel/perf_event_max_sample_rate") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def explain_perf_error(exc: OSError, pid: int, freq: int = 0) -> RsprofError:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PermissionDenied(
             f"perf events not permitted for pid {pid} (kernel.perf_event_paranoid="
@@ -51,6 +59,15 @@ def explain_perf_error(exc: OSError, pid: int) -> RsprofError:
         )
     if exc.errno == errno.ESRCH:
         return ProcessNotFound(f"process {pid} exited before sampling could start")
+    if exc.errno == errno.EINVAL:
+        limit = _max_sample_rate()
+        if limit is not None and freq > limit:
+            return UsageError(
+                f"--cpu-freq {freq} exceeds kernel.perf_event_max_sample_rate ({limit})")
+        return RsprofError(f"perf_event_open rejected the cpu-clock event for pid {pid} "
+                           "(kernel without software sampling or user stack support?)")
+    if exc.errno == errno.ENOENT or exc.errno == errno.EOPNOTSUPP:
+        return RsprofError("this kernel has no cpu-clock perf event")
     if exc.errno == errno.EMFILE:
         return RsprofError("too many open files for perf events (raise 'ulimit -n')")
     return RsprofError(f"perf_event_open failed for pid {pid}: {exc.strerror}")
@@ -97,7 +114,7 @@ class PerfSession:
                     os.close(f)
                 if exc.errno == errno.ESRCH and tid != self.pid:
                     return  # the thread ended meanwhile; nothing to sample
-                raise explain_perf_error(exc, self.pid) from None
+                raise explain_perf_error(exc, self.pid, self.freq) from None
             opened.append(fd)
             ring = self.rings.get(cpu)
             if ring is None:

@@ -206,3 +206,8 @@ def test_impls_on_primitive_types_without_a_file_are_internal(name: str) -> None
 
 def test_user_type_implementing_a_std_trait_without_a_file_is_user_code() -> None:
     assert not is_internal("<myapp::Money as core::fmt::Display>::fmt", None, "/srv/app/bin/app")
+
+
+def test_rust_allocator_shims_are_internal() -> None:
+    assert is_internal("__rustc::__rust_alloc", None, "/srv/app/bin/app")
+    assert is_internal("__rust_dealloc", None, "/srv/app/bin/app")

@@ -253,3 +253,18 @@ def test_stack_scan_takes_only_words_that_follow_a_call() -> None:
     assert stacks == [(libc_leaf, start + 0x104), (libc_leaf, start + 0x201),
                       (libc_leaf, start + 0x305), (libc_leaf,)]
     assert_agree(dec, counts, stacks, ref)
+
+
+def test_scan_goes_on_past_the_caller_when_the_frame_pointer_was_clobbered() -> None:
+    libc_leaf = LIBC[0] + 0x500
+    first = APP[0] + 0x1234  # __rust_alloc called malloc
+    second = APP[0] + 0x2222  # the user's function called __rust_alloc
+    sp = 0x7FFD00001000
+    clobbered = sample(1, 0, [libc_leaf, 0x9999], regs=(1, sp), stack=[first, 3, second])
+    intact = sample(1, 0, [libc_leaf, second + 0x10], regs=(sp + 4096, sp),
+                    stack=[first, 3, second])
+    data, tail, head = ring_with([clobbered, intact], 2048, 0)
+    dec, counts, stacks, ref, _ = decode_both(data, tail, head, code_ranges=CODE_RANGES)
+    assert stacks[0] == (libc_leaf, first - 1, second - 1)
+    assert stacks[1] == (libc_leaf, first - 1, second + 0x10 - 1)
+    assert_agree(dec, counts, stacks, ref)
