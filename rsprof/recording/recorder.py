@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import sqlite3
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import TextIO
 
 from rsprof import _ring, _unwind
 from rsprof.duration import format_duration
+from rsprof.errors import ProfileError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.perf_session import PerfSession
 from rsprof.recording.process import ProcessInfo, is_alive, thread_name
@@ -82,9 +84,17 @@ class Recorder:
         pid = self.target.pid
         session = PerfSession(pid, opts.cpu_freq)
         session.open()
-        writer = ProfileWriter(opts.output, append=opts.append)
+        try:
+            writer = ProfileWriter(opts.output, append=opts.append)
+        except BaseException:
+            session.close()
+            raise
         try:
             return self._record(session, writer)
+        except sqlite3.Error as exc:
+            # Disk full, file removed, ...: what was committed stays readable.
+            writer.close_abruptly()
+            raise ProfileError(f"cannot write {opts.output}: {exc}") from None
         except BaseException:
             writer.close_abruptly()
             raise
@@ -149,6 +159,7 @@ class Recorder:
             session.drain(decoder)
             self._flush(decoder, stacks, symbolizer, writer)
         finally:
+            symbolizer.close()
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
         elapsed = self.clock() - start

@@ -158,7 +158,8 @@ class ProfileWriter:
         """Close without finalizing (used when something failed mid-recording)."""
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("COMMIT")
-        self.conn.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
 
     # -- symbols --------------------------------------------------------------
 
