@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import select
-import sqlite3
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
