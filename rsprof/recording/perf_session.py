@@ -18,7 +18,10 @@ from rsprof import _ring
 from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError, UsageError
 from rsprof.recording.process import thread_ids
 
-RING_DATA_PAGES = 64  # per CPU: 256 KiB with 4 KiB pages
+def ring_pages_for(freq: int) -> int:
+    """Data pages per CPU ring: a sample is ~0.7 KiB (512 bytes of it the stack copy),
+    so keep a few hundred milliseconds of samples of several threads."""
+    return 128 if freq <= 500 else 512  # 512 KiB or 2 MiB with 4 KiB pages
 
 
 def online_cpus() -> list[int]:
@@ -76,10 +79,10 @@ def explain_perf_error(exc: OSError, pid: int, freq: int = 0) -> RsprofError:
 class PerfSession:
     """The open events and rings sampling one process."""
 
-    def __init__(self, pid: int, freq: int, ring_pages: int = RING_DATA_PAGES) -> None:
+    def __init__(self, pid: int, freq: int, ring_pages: int | None = None) -> None:
         self.pid = pid
         self.freq = freq
-        self.ring_pages = ring_pages
+        self.ring_pages = ring_pages or ring_pages_for(freq)
         self.cpus = online_cpus()
         self.rings: dict[int, _ring.PerfRing] = {}
         self.fds: list[int] = []
