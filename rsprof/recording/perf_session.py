@@ -18,6 +18,7 @@ from rsprof import _ring
 from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError, UsageError
 from rsprof.recording.process import thread_ids
 
+
 def ring_pages_for(freq: int) -> int:
     """Data pages per CPU ring: a sample is ~0.7 KiB (512 bytes of it the stack copy),
     so keep a few hundred milliseconds of samples of several threads."""
