@@ -11,6 +11,8 @@ extensions = [
               extra_compile_args=C_FLAGS),
     Extension("rsprof._unwind", ["rsprof/_unwind.pyx"], include_dirs=["csrc"],
               extra_compile_args=C_FLAGS),
+    Extension("rsprof._dwarf", ["rsprof/_dwarf.pyx", "csrc/rsprof_dwarf.c"],
+              include_dirs=["csrc"], extra_compile_args=C_FLAGS),
 ]
 
 setup(

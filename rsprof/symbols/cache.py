@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -19,6 +18,8 @@ def default_cache_dir() -> Path:
 
 def atomic_write(path: Path, data: bytes) -> bool:
     """Write `data` to `path` via a temporary file and rename; False if that failed."""
+    import tempfile  # lazily: only a cache write needs it, and it is slow to import
+
     tmp_name: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

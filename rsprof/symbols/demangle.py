@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -129,6 +128,15 @@ def demangle_rust_legacy(symbol: str) -> str | None:
     return text + suffix
 
 
+def _runtime_names() -> Iterator[str | None]:
+    """Where a C++ demangler may live; find_library (which runs ldconfig) only if needed."""
+    yield "libstdc++.so.6"
+    import ctypes.util
+
+    yield ctypes.util.find_library("stdc++")
+    yield "libc++.so.1"
+
+
 class _CxaDemangle:
     """Lazily bound `__cxa_demangle` and `free`."""
 
@@ -139,7 +147,7 @@ class _CxaDemangle:
 
     def load(self) -> None:
         self.loaded = True
-        for name in ("libstdc++.so.6", ctypes.util.find_library("stdc++"), "libc++.so.1"):
+        for name in _runtime_names():
             if not name:
                 continue
             try:

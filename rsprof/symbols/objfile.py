@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rsprof.symbols.cache import read_sealed, write_sealed
 from rsprof.symbols.demangle import demangle
-from rsprof.symbols.dwarf import DwarfLines, load_dwarf_lines, separate_debug_file
+from rsprof.symbols.dwarf_reader import DwarfReaderLines, load_source_lines, separate_debug_file
 from rsprof.symbols.elf import ElfIdentity, NotElfError, read_elf_identity, read_section_facts
 from rsprof.symbols.model import Frame
 from rsprof.symbols.symtab import SymbolTable
+
+if TYPE_CHECKING:
+    from rsprof.symbols.dwarf import DwarfLines
 
 _SYSTEM_PREFIXES = (
     "/lib/",
@@ -38,6 +41,8 @@ def cache_key(identity: ElfIdentity, read_path: str) -> str:
     if identity.build_id:
         return f"{identity.build_id}-{st.st_size:x}"
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    import hashlib  # only for objects without a build-id: keep it off the common path
+
     return "nobid-" + hashlib.sha1(ident.encode()).hexdigest()[:24]
 
 
@@ -53,18 +58,19 @@ class ObjectSymbols:
         self.basename = os.path.basename(module) or module
         self.identity: ElfIdentity | None = None
         self.symtab = SymbolTable.from_symbols((), False)
-        self.dwarf: DwarfLines | None = None
+        self.dwarf: DwarfLines | DwarfReaderLines | None = None
         self.error: str | None = None
+        self._frame_memo: dict[tuple[str, str | None, int | None, bool], Frame] = {}
         try:
             self.identity = read_elf_identity(read_path)
             key = cache_key(self.identity, read_path)
             self.symtab = self._load_symtab(read_path, cache_dir, key)
             if self.symtab.has_dwarf:
-                self.dwarf = load_dwarf_lines(read_path, self.identity.image_base, cache_dir, key)
+                self.dwarf = load_source_lines(read_path, self.identity.image_base, cache_dir, key)
             else:
                 debug = separate_debug_file(self.identity.build_id)
                 if debug is not None:
-                    self.dwarf = load_dwarf_lines(
+                    self.dwarf = load_source_lines(
                         debug, self.identity.image_base, cache_dir, key + ".debug"
                     )
         except (OSError, NotElfError) as e:
@@ -111,11 +117,17 @@ class ObjectSymbols:
             if entries:
                 last = len(entries) - 1
                 out: list[Frame] = []
+                memo = self._frame_memo  # equal frames are shared (they are immutable)
                 for i, (name, path, line) in enumerate(entries):
                     if not name:
                         hit = self.symtab.lookup(rel) if i == last else None
                         name = hit[0] if hit is not None else "<inlined>"
-                    out.append(Frame(demangle(name), path, line, module, i < last, True))
+                    key = (name, path, line, i < last)
+                    frame = memo.get(key)
+                    if frame is None:
+                        frame = Frame(demangle(name), path, line, module, i < last, True)
+                        memo[key] = frame
+                    out.append(frame)
                 return tuple(out)
         hit = self.symtab.lookup(rel)
         if hit is not None:

@@ -9,11 +9,12 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rsprof.symbols.cache import default_cache_dir
-from rsprof.symbols.maps import Mapping, fd_path, open_mapping, read_exec_mappings
-from rsprof.symbols.model import Frame, ResolvedAddress
-from rsprof.symbols.objfile import ObjectSymbols, is_system_library
+if TYPE_CHECKING:
+    from rsprof.symbols.maps import Mapping
+    from rsprof.symbols.model import Frame, ResolvedAddress
+    from rsprof.symbols.objfile import ObjectSymbols
 
 UNKNOWN_MODULE = "[unknown]"
 
@@ -34,6 +35,9 @@ class _ObjectSlot:
     def load(self, cache_dir: Path | None) -> ObjectSymbols:
         with self.lock:
             if self.symbols is None:
+                from rsprof.symbols.maps import fd_path
+                from rsprof.symbols.objfile import ObjectSymbols
+
                 read_path = fd_path(self.fd) if self.fd is not None else self.path
                 self.symbols = ObjectSymbols(self.path, read_path, cache_dir)
             return self.symbols
@@ -48,6 +52,8 @@ class Symbolizer:
     """
 
     def __init__(self, pid: int, cache_dir: Path | None = None, *, preload: bool = False) -> None:
+        from rsprof.symbols.cache import default_cache_dir
+
         self.pid = pid
         self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self.warnings: list[str] = []
@@ -84,6 +90,9 @@ class Symbolizer:
             for slot in todo:
                 with contextlib.suppress(Exception):
                     slot.load(cache_dir)
+            from rsprof.symbols.dwarf_reader import start_background_builds
+
+            start_background_builds()  # the recording still runs: build SymCaches now
 
         self._preloader = threading.Thread(target=run, name="rsprof-symbols", daemon=True)
         self._preloader.start()
@@ -103,6 +112,9 @@ class Symbolizer:
         if self._preloader is not None:
             self._preloader.join()
             self._preloader = None
+        from rsprof.symbols.dwarf_reader import start_background_builds
+
+        start_background_builds()
         for slot in self._slots.values():
             if slot.fd is not None:
                 with contextlib.suppress(OSError):
@@ -128,6 +140,8 @@ class Symbolizer:
 
     def refresh_maps(self) -> None:
         """Re-read the process maps; mappings that disappeared are kept as a fallback."""
+        from rsprof.symbols.maps import open_mapping, read_exec_mappings
+
         try:
             fresh = read_exec_mappings(self.pid)
         except OSError as e:
@@ -197,6 +211,8 @@ class Symbolizer:
         self.warnings.append(message)
 
     def _symbols_for(self, mapping: Mapping) -> ObjectSymbols:
+        from rsprof.symbols.objfile import is_system_library
+
         slot = self._slots[mapping.file_key]
         sym = slot.symbols if slot.symbols is not None else slot.load(self.cache_dir)
         if mapping.path not in self._warned:
@@ -215,6 +231,8 @@ class Symbolizer:
         return len(self._unresolved)
 
     def _resolve_one(self, address: int) -> ResolvedAddress:
+        from rsprof.symbols.model import Frame, ResolvedAddress
+
         mapping = self._find_mapping(address)
         if mapping is None:
             frame = Frame(
@@ -251,5 +269,13 @@ def resolve_file_addresses(
     path: str, rel_addresses: Iterable[int], cache_dir: Path | None = None
 ) -> dict[int, tuple[Frame, ...]]:
     """Offline: resolve ELF virtual addresses (as given to addr2line) of one file."""
+    from rsprof.symbols import dwarf_reader
+
+    addrs = list(rel_addresses)
+    dwarf_reader.prefetch(path, addrs)  # decodes DWARF on another core meanwhile
+    from rsprof.symbols.objfile import ObjectSymbols
+
     sym = ObjectSymbols(path, path, cache_dir)
-    return {rel: sym.frames(rel) for rel in rel_addresses}
+    out = {rel: sym.frames(rel) for rel in addrs}
+    dwarf_reader.start_background_builds()  # SymCache for the next run, now that we are done
+    return out

@@ -4,7 +4,7 @@
 //! Shares of time: free_list_walk 40 %, init_tables 30 %, inlined chain 20 %,
 //! libc rand 10 %.
 
-use rsprof_test_targets::{announce, arg_f64, spin};
+use rsprof_test_targets::{announce, arg_f64, spin, thread_cpu_ns};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -37,20 +37,20 @@ fn inlined_hot_loop(n: u64) -> u64 {
 
 #[inline(never)]
 fn outer_calls_inlined() -> u64 {
-    let start = Instant::now();
+    let start = thread_cpu_ns();
     let mut acc = 0;
-    while start.elapsed() < Duration::from_millis(2) {
-        acc ^= inlined_hot_loop(5000);
+    while thread_cpu_ns() - start < 2_000_000 {
+        acc ^= inlined_hot_loop(20000);
     }
     acc
 }
 
 #[inline(never)]
 fn call_libc_rand() -> u64 {
-    let start = Instant::now();
+    let start = thread_cpu_ns();
     let mut acc = 0u64;
-    while start.elapsed() < Duration::from_millis(1) {
-        for _ in 0..200 {
+    while thread_cpu_ns() - start < 1_000_000 {
+        for _ in 0..1000 {
             acc = acc.wrapping_add(unsafe { rand() } as u64);
         }
     }
