@@ -20,7 +20,7 @@ from common import TARGETS, build_targets, fmt_ratio, median, require, rsprof_cm
 
 def run_once(mode: str, freq: int, rounds: int, threads: int, tmp: Path) -> float:
     target = subprocess.Popen([str(TARGETS / "fixed_work"), "--threads", str(threads),
-                               "--rounds", str(rounds), "--delay", "1.5"],
+                               "--rounds", str(rounds), "--delay", "3"],
                               stdout=subprocess.PIPE, text=True)
     assert target.stdout is not None
     target.stdout.readline()  # ready
