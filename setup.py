@@ -1,7 +1,12 @@
 """Build the Cython hot paths (ring drain, stack dedup/interval lookup)."""
 
+import os
+import shlex
+import subprocess
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
            "-Wno-unreachable-code", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
@@ -15,7 +20,42 @@ extensions = [
               include_dirs=["csrc"], extra_compile_args=C_FLAGS),
 ]
 
+# The heap shim: a plain shared library (LD_PRELOAD), not a Python extension.
+SHIM_NAME = "librsprof_shim.so"
+SHIM_SOURCES = ["csrc/rsprof_shim.c", "csrc/rsprof_preload.c"]
+SHIM_DEPENDS = [*SHIM_SOURCES, "csrc/rsprof_shim.h", "csrc/rsprof_shim_internal.h",
+                "csrc/rsprof_shm.h"]
+SHIM_FLAGS = ["-shared", "-fPIC", "-O2", "-g", "-fno-omit-frame-pointer",
+              "-fno-optimize-sibling-calls", "-fvisibility=hidden", "-Wall", "-Wextra",
+              "-Werror", "-pthread"]
+
+
+class build_ext_with_shim(build_ext):
+    """build_ext, plus rsprof/librsprof_shim.so (in build_lib, and in place for -e)."""
+
+    def run(self) -> None:
+        super().run()
+        out = os.path.join(self.build_lib, "rsprof", SHIM_NAME)
+        self._build_shim(out)
+        if self.inplace:
+            self.copy_file(out, os.path.join("rsprof", SHIM_NAME), level=self.verbose)
+
+    def _build_shim(self, out: str) -> None:
+        if not self.force and os.path.exists(out) and all(
+                os.path.getmtime(src) <= os.path.getmtime(out) for src in SHIM_DEPENDS):
+            return
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cc = shlex.split(os.environ.get("CC", "gcc"))
+        cmd = [*cc, *SHIM_FLAGS, "-Icsrc", "-o", out, *SHIM_SOURCES, "-ldl"]
+        print(" ".join(cmd))
+        subprocess.run(cmd, check=True)
+
+    def get_outputs(self) -> list[str]:
+        return [*super().get_outputs(), os.path.join(self.build_lib, "rsprof", SHIM_NAME)]
+
+
 setup(
+    cmdclass={"build_ext": build_ext_with_shim},
     ext_modules=cythonize(
         extensions,
         language_level=3,

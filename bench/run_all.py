@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["cpu_overhead.py", "symbolize.py", "rsprof_cpu.py"]
+SCRIPTS = ["cpu_overhead.py", "symbolize.py", "rsprof_cpu.py", "heap_overhead.py"]
 
 
 def main() -> int:

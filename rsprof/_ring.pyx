@@ -12,7 +12,7 @@ a return address minus 1, so each is a lookup address as is.
 """
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
@@ -591,3 +591,596 @@ cdef class PerfRing:
         if self.page != NULL:
             munmap(self.page, self.map_len)
             self.page = NULL
+
+
+# ---------------------------------------------------------------------------
+# The shim's shared-memory ring (csrc/rsprof_shm.h) and the heap bookkeeping.
+# ---------------------------------------------------------------------------
+
+cdef extern from "rsprof_reader.h":
+    struct rsprof_shm_header:
+        uint64_t magic
+        uint32_t version
+        uint32_t header_bytes
+        uint64_t ring_size
+        uint32_t pid
+        uint32_t max_frames
+        uint64_t reserve
+        uint64_t dropped
+        uint64_t waits
+        uint64_t interned
+        uint64_t raw_stacks
+        uint64_t truncated
+        uint64_t tail
+        uint64_t heartbeat_ns
+        uint32_t reader_pid
+        uint32_t state
+        uint32_t session
+        uint32_t reserved0
+    enum:
+        RSPROF_SHM_VERSION
+        RSPROF_SHM_HEADER_BYTES
+        RSPROF_MAX_FRAMES
+        RSPROF_STATE_IDLE
+        RSPROF_STATE_RECORDING
+        RSPROF_STATE_STOPPED
+        RSPROF_REC_PAD
+        RSPROF_REC_STACK
+        RSPROF_REC_ALLOC
+        RSPROF_REC_FREE
+        RSPROF_REC_ALLOC_RAW
+        RSPROF_REC_SAMPLE
+        RSPROF_REC_THREAD
+    uint64_t RSPROF_SHM_MAGIC
+    uint64_t RSPROF_READER_TIMEOUT_NS
+    uint64_t rsprof_load_acquire_u64(uint64_t* p)
+    void rsprof_store_release_u64(uint64_t* p, uint64_t v)
+    uint32_t rsprof_load_acquire_u32(uint32_t* p)
+    void rsprof_store_release_u32(uint32_t* p, uint32_t v)
+    uint32_t rsprof_fetch_add_u32(uint32_t* p, uint32_t v)
+    uint64_t rsprof_monotonic_ns()
+
+SHM_MAGIC = RSPROF_SHM_MAGIC
+SHM_VERSION = RSPROF_SHM_VERSION
+SHM_HEADER_BYTES = RSPROF_SHM_HEADER_BYTES
+SHM_MAX_FRAMES = RSPROF_MAX_FRAMES
+STATE_IDLE = RSPROF_STATE_IDLE
+STATE_RECORDING = RSPROF_STATE_RECORDING
+STATE_STOPPED = RSPROF_STATE_STOPPED
+REC_PAD = RSPROF_REC_PAD
+REC_STACK = RSPROF_REC_STACK
+REC_ALLOC = RSPROF_REC_ALLOC
+REC_FREE = RSPROF_REC_FREE
+REC_ALLOC_RAW = RSPROF_REC_ALLOC_RAW
+REC_SAMPLE = RSPROF_REC_SAMPLE
+REC_THREAD = RSPROF_REC_THREAD
+
+# The largest record the reader accepts: a header, 40 bytes of fields, 1024 frames.
+DEF SHM_MAX_RECORD = 40 + 8 * 1024
+DEF SHM_MAX_FRAMES_ACCEPTED = 1024
+DEF NO_STACK = 0xffffffff
+
+
+cdef struct LiveSlot:
+    uint64_t ptr      # 0 marks an empty slot
+    uint64_t size
+    uint32_t stack
+    uint32_t unused
+
+
+cdef class HeapDecoder:
+    """Decodes shim records into exact per-stack heap accounting.
+
+    The live-allocation table (pointer -> size, stack) is a C open-addressing
+    hash with backward-shift deletion; per-stack totals are C arrays indexed
+    by StackTable id. Nothing per event becomes a Python object.
+    """
+
+    cdef public StackTable stacks
+    cdef LiveSlot* live
+    cdef uint64_t live_cap
+    cdef uint64_t live_count
+    cdef uint32_t* shim_ids       # shim stack id -> StackTable id (NO_STACK unknown)
+    cdef uint64_t shim_ids_cap
+    cdef uint64_t* allocs
+    cdef uint64_t* alloc_bytes
+    cdef uint64_t* frees
+    cdef uint64_t* free_bytes
+    cdef uint64_t* live_bytes
+    cdef uint64_t* peak_bytes
+    cdef uint8_t* changed
+    cdef uint32_t* changed_list
+    cdef uint64_t n_changed
+    cdef uint64_t sites_cap
+    cdef uint64_t* frames
+    cdef public uint64_t alloc_records
+    cdef public uint64_t free_records
+    cdef public uint64_t unknown_frees          # frees of blocks allocated before recording
+    cdef public uint64_t unknown_stack_allocs   # allocs naming a stack id never announced
+    cdef public uint64_t replaced_live          # an alloc of a pointer still live (missed free)
+    cdef public uint64_t malformed
+    cdef public uint64_t self_samples
+    cdef public uint64_t total_live_bytes
+    cdef public uint64_t peak_total_live_bytes
+    cdef public list threads
+
+    def __cinit__(self, StackTable stacks):
+        self.stacks = stacks
+        self.live_cap = 1 << 16
+        self.live = <LiveSlot*>calloc(self.live_cap, sizeof(LiveSlot))
+        self.shim_ids_cap = 1024
+        self.shim_ids = <uint32_t*>malloc(self.shim_ids_cap * sizeof(uint32_t))
+        self.frames = <uint64_t*>calloc(SHM_MAX_FRAMES_ACCEPTED + 1, sizeof(uint64_t))
+        if not (self.live and self.shim_ids and self.frames):
+            raise MemoryError()
+        memset(self.shim_ids, 0xff, self.shim_ids_cap * sizeof(uint32_t))
+        self.sites_cap = 0
+        self._grow_sites(1024)
+        self.threads = []
+
+    def __dealloc__(self):
+        free(self.live)
+        free(self.shim_ids)
+        free(self.frames)
+        free(self.allocs)
+        free(self.alloc_bytes)
+        free(self.frees)
+        free(self.free_bytes)
+        free(self.live_bytes)
+        free(self.peak_bytes)
+        free(self.changed)
+        free(self.changed_list)
+
+    cdef int _grow_sites(self, uint64_t need) except -1:
+        cdef uint64_t cap = self.sites_cap if self.sites_cap else 1024
+        cdef void* p
+        while cap < need:
+            cap *= 2
+        if cap == self.sites_cap:
+            return 0
+        p = realloc(self.allocs, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.allocs = <uint64_t*>p
+        p = realloc(self.alloc_bytes, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.alloc_bytes = <uint64_t*>p
+        p = realloc(self.frees, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.frees = <uint64_t*>p
+        p = realloc(self.free_bytes, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.free_bytes = <uint64_t*>p
+        p = realloc(self.live_bytes, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.live_bytes = <uint64_t*>p
+        p = realloc(self.peak_bytes, cap * 8)
+        if p == NULL:
+            raise MemoryError()
+        self.peak_bytes = <uint64_t*>p
+        p = realloc(self.changed, cap)
+        if p == NULL:
+            raise MemoryError()
+        self.changed = <uint8_t*>p
+        p = realloc(self.changed_list, cap * 4)
+        if p == NULL:
+            raise MemoryError()
+        self.changed_list = <uint32_t*>p
+        cdef uint64_t old = self.sites_cap
+        memset(self.allocs + old, 0, (cap - old) * 8)
+        memset(self.alloc_bytes + old, 0, (cap - old) * 8)
+        memset(self.frees + old, 0, (cap - old) * 8)
+        memset(self.free_bytes + old, 0, (cap - old) * 8)
+        memset(self.live_bytes + old, 0, (cap - old) * 8)
+        memset(self.peak_bytes + old, 0, (cap - old) * 8)
+        memset(self.changed + old, 0, cap - old)
+        self.sites_cap = cap
+        return 0
+
+    # -- live table -----------------------------------------------------------
+
+    cdef inline uint64_t _slot_of(self, uint64_t ptr) noexcept:
+        return _mix(ptr, 0x51ed27) & (self.live_cap - 1)
+
+    cdef int _grow_live(self) except -1:
+        cdef uint64_t old_cap = self.live_cap, i, j
+        cdef LiveSlot* old = self.live
+        cdef LiveSlot* fresh = <LiveSlot*>calloc(old_cap * 2, sizeof(LiveSlot))
+        if fresh == NULL:
+            raise MemoryError()
+        self.live = fresh
+        self.live_cap = old_cap * 2
+        for i in range(old_cap):
+            if old[i].ptr:
+                j = self._slot_of(old[i].ptr)
+                while self.live[j].ptr:
+                    j = (j + 1) & (self.live_cap - 1)
+                self.live[j] = old[i]
+        free(old)
+        return 0
+
+    cdef int _live_insert(self, uint64_t ptr, uint64_t size, uint32_t stack) except -1:
+        """Insert; if ptr is already live, its old block was freed unseen: settle it."""
+        cdef uint64_t i
+        if (self.live_count + 1) * 4 >= self.live_cap * 3:
+            self._grow_live()
+        i = self._slot_of(ptr)
+        while self.live[i].ptr:
+            if self.live[i].ptr == ptr:
+                self.replaced_live += 1
+                self._account_free(self.live[i].stack, self.live[i].size)
+                self.live[i].size = size
+                self.live[i].stack = stack
+                return 0
+            i = (i + 1) & (self.live_cap - 1)
+        self.live[i].ptr = ptr
+        self.live[i].size = size
+        self.live[i].stack = stack
+        self.live_count += 1
+        return 0
+
+    cdef bint _live_remove(self, uint64_t ptr, uint64_t* size, uint32_t* stack) noexcept:
+        cdef uint64_t i = self._slot_of(ptr), j, k, mask = self.live_cap - 1
+        while self.live[i].ptr:
+            if self.live[i].ptr == ptr:
+                size[0] = self.live[i].size
+                stack[0] = self.live[i].stack
+                # Backward-shift deletion keeps probe chains intact without tombstones.
+                j = i
+                while True:
+                    j = (j + 1) & mask
+                    if not self.live[j].ptr:
+                        break
+                    k = self._slot_of(self.live[j].ptr)
+                    if (j > i and (k <= i or k > j)) or (j < i and (k <= i and k > j)):
+                        self.live[i] = self.live[j]
+                        i = j
+                self.live[i].ptr = 0
+                self.live_count -= 1
+                return True
+            i = (i + 1) & mask
+        return False
+
+    # -- accounting -------------------------------------------------------------
+
+    cdef inline void _touch(self, uint32_t site) noexcept:
+        if not self.changed[site]:
+            self.changed[site] = 1
+            self.changed_list[self.n_changed] = site
+            self.n_changed += 1
+
+    cdef int _account_alloc(self, uint32_t site, uint64_t size) except -1:
+        if site >= self.sites_cap:
+            self._grow_sites(<uint64_t>site + 1)
+        self.allocs[site] += 1
+        self.alloc_bytes[site] += size
+        self.live_bytes[site] += size
+        if self.live_bytes[site] > self.peak_bytes[site]:
+            self.peak_bytes[site] = self.live_bytes[site]
+        self.total_live_bytes += size
+        if self.total_live_bytes > self.peak_total_live_bytes:
+            self.peak_total_live_bytes = self.total_live_bytes
+        self._touch(site)
+        return 0
+
+    cdef void _account_free(self, uint32_t site, uint64_t size) noexcept:
+        self.frees[site] += 1
+        self.free_bytes[site] += size
+        self.live_bytes[site] -= size
+        self.total_live_bytes -= size
+        self._touch(site)
+
+    cdef int _alloc(self, uint64_t ptr, uint64_t size, uint32_t site) except -1:
+        self.alloc_records += 1
+        self._live_insert(ptr, size, site)  # settles a missed free of ptr first
+        self._account_alloc(site, size)
+        return 0
+
+    cdef int _free(self, uint64_t ptr) except -1:
+        cdef uint64_t size = 0
+        cdef uint32_t site = 0
+        self.free_records += 1
+        if self._live_remove(ptr, &size, &site):
+            self._account_free(site, size)
+        else:
+            self.unknown_frees += 1
+        return 0
+
+    cdef int _intern_walked(self, const uint8_t* p, uint32_t depth) except -1:
+        """Intern a stack of return addresses as lookup addresses (each minus one)."""
+        cdef uint32_t i, n = 0
+        cdef uint64_t a
+        for i in range(depth):
+            memcpy(&a, p + 8 * i, 8)
+            if a < MIN_CODE_ADDRESS or a > MAX_USER_ADDRESS:
+                break
+            self.frames[n] = a - 1
+            n += 1
+        return self.stacks.intern(self.frames, n)
+
+    cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size,
+                     uint32_t max_frames) except -1:
+        cdef uint32_t shim_id, depth, tid
+        cdef uint64_t ptr, nbytes
+        cdef int64_t sid
+        cdef void* p
+        if rtype == RSPROF_REC_ALLOC:
+            if size != 40:
+                self.malformed += 1
+                return 0
+            memcpy(&ptr, rec + 8, 8)
+            memcpy(&nbytes, rec + 16, 8)
+            memcpy(&shim_id, rec + 24, 4)
+            if shim_id >= self.shim_ids_cap or self.shim_ids[shim_id] == NO_STACK:
+                self.unknown_stack_allocs += 1
+                sid = self.stacks.intern(self.frames, 0)  # the empty stack: "unknown"
+            else:
+                sid = self.shim_ids[shim_id]
+            self._alloc(ptr, nbytes, <uint32_t>sid)
+        elif rtype == RSPROF_REC_FREE:
+            if size != 16:
+                self.malformed += 1
+                return 0
+            memcpy(&ptr, rec + 8, 8)
+            self._free(ptr)
+        elif rtype == RSPROF_REC_STACK:
+            if size < 16:
+                self.malformed += 1
+                return 0
+            memcpy(&shim_id, rec + 8, 4)
+            memcpy(&depth, rec + 12, 4)
+            if depth > max_frames or size != 16 + 8 * depth or shim_id > 0x7fffffff:
+                self.malformed += 1
+                return 0
+            sid = self._intern_walked(rec + 16, depth)
+            while shim_id >= self.shim_ids_cap:
+                p = realloc(self.shim_ids, self.shim_ids_cap * 2 * sizeof(uint32_t))
+                if p == NULL:
+                    raise MemoryError()
+                self.shim_ids = <uint32_t*>p
+                memset(self.shim_ids + self.shim_ids_cap, 0xff,
+                       self.shim_ids_cap * sizeof(uint32_t))
+                self.shim_ids_cap *= 2
+            self.shim_ids[shim_id] = <uint32_t>sid
+        elif rtype == RSPROF_REC_ALLOC_RAW:
+            if size < 40:
+                self.malformed += 1
+                return 0
+            memcpy(&ptr, rec + 8, 8)
+            memcpy(&nbytes, rec + 16, 8)
+            memcpy(&depth, rec + 24, 4)
+            if depth > max_frames or size != 40 + 8 * depth:
+                self.malformed += 1
+                return 0
+            sid = self._intern_walked(rec + 40, depth)
+            self._alloc(ptr, nbytes, <uint32_t>sid)
+        elif rtype == RSPROF_REC_THREAD:
+            if size != 32:
+                self.malformed += 1
+                return 0
+            memcpy(&tid, rec + 8, 4)
+            n = 0
+            while n < 16 and rec[16 + n] != 0:
+                n += 1
+            self.threads.append((tid, (<char*>(rec + 16))[:n].decode("utf-8", "replace")))
+        elif rtype == RSPROF_REC_SAMPLE:
+            self.self_samples += 1  # CPU self-sampling: read by a later version
+        elif rtype != RSPROF_REC_PAD:
+            self.malformed += 1
+        return 0
+
+    # -- results ----------------------------------------------------------------
+
+    def take_changed(self) -> list:
+        """(stack_id, allocs, alloc_bytes, frees, free_bytes, live_bytes, peak_live_bytes)
+        of every site that changed since the last call (totals, not deltas)."""
+        cdef list out = []
+        cdef uint64_t i
+        cdef uint32_t s
+        for i in range(self.n_changed):
+            s = self.changed_list[i]
+            self.changed[s] = 0
+            out.append((s, self.allocs[s], self.alloc_bytes[s], self.frees[s],
+                        self.free_bytes[s], self.live_bytes[s], self.peak_bytes[s]))
+        self.n_changed = 0
+        return out
+
+    def take_threads(self) -> list:
+        cdef list out = self.threads
+        self.threads = []
+        return out
+
+    @property
+    def live_allocations(self) -> int:
+        return self.live_count
+
+    def feed_bytes(self, const uint8_t[::1] data, uint32_t max_frames=RSPROF_MAX_FRAMES) -> int:
+        """Decode a contiguous stream of records (for tests); returns bytes consumed."""
+        cdef uint64_t pos = 0, word, n = data.shape[0]
+        cdef uint32_t rsize
+        while pos + 8 <= n:
+            memcpy(&word, &data[pos], 8)
+            if word == 0:
+                break
+            rsize = <uint32_t>(word & 0xffffffff)
+            if rsize < 8 or rsize % 8 or rsize > n - pos or rsize > SHM_MAX_RECORD:
+                self.malformed += 1
+                break
+            self._record(&data[pos], <uint32_t>(word >> 32), rsize, max_frames)
+            pos += rsize
+        return pos
+
+
+cdef class ShmRing:
+    """The reader's side of one shim region: validate, attach, drain, detach."""
+
+    cdef uint8_t* base
+    cdef size_t map_len
+    cdef rsprof_shm_header* hdr
+    cdef uint8_t* data
+    cdef uint64_t size
+    cdef uint8_t* scratch
+    cdef public uint64_t malformed
+
+    def __cinit__(self, int fd, size_t length):
+        cdef void* p
+        self.base = NULL
+        if length < RSPROF_SHM_HEADER_BYTES:
+            raise ValueError("region smaller than its header")
+        p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError("cannot map the shared region")
+        self.base = <uint8_t*>p
+        self.map_len = length
+        self.hdr = <rsprof_shm_header*>p
+        if self.hdr.magic != RSPROF_SHM_MAGIC:
+            raise ValueError("not an rsprof region (bad magic)")
+        if self.hdr.version != RSPROF_SHM_VERSION:
+            raise ValueError(f"region layout version {self.hdr.version}, "
+                             f"this rsprof reads {RSPROF_SHM_VERSION}")
+        if self.hdr.header_bytes != RSPROF_SHM_HEADER_BYTES:
+            raise ValueError("bad header size")
+        self.size = self.hdr.ring_size
+        if (self.size < 4096 or (self.size & (self.size - 1)) != 0 or
+                self.size > length - RSPROF_SHM_HEADER_BYTES):
+            raise ValueError("bad ring size")
+        if self.hdr.max_frames > SHM_MAX_FRAMES_ACCEPTED:
+            raise ValueError("bad frame limit")
+        self.data = self.base + RSPROF_SHM_HEADER_BYTES
+        self.scratch = <uint8_t*>calloc(SHM_MAX_RECORD + 8, 1)
+        if self.scratch == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.map_len)
+        free(self.scratch)
+
+    @property
+    def pid(self) -> int:
+        return self.hdr.pid
+
+    @property
+    def state(self) -> int:
+        return rsprof_load_acquire_u32(&self.hdr.state)
+
+    @property
+    def reader_pid(self) -> int:
+        return rsprof_load_acquire_u32(&self.hdr.reader_pid)
+
+    def counters(self) -> dict:
+        """The shim's own counters (as the target wrote them: untrusted)."""
+        return {
+            "dropped": rsprof_load_acquire_u64(&self.hdr.dropped),
+            "waits": rsprof_load_acquire_u64(&self.hdr.waits),
+            "interned": rsprof_load_acquire_u64(&self.hdr.interned),
+            "raw_stacks": rsprof_load_acquire_u64(&self.hdr.raw_stacks),
+            "truncated": rsprof_load_acquire_u64(&self.hdr.truncated),
+        }
+
+    def attach(self, uint32_t reader_pid) -> None:
+        """Become the region's reader: a new session, heartbeat, then RECORDING."""
+        rsprof_fetch_add_u32(&self.hdr.session, 1)
+        rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
+        rsprof_store_release_u32(&self.hdr.reader_pid, reader_pid)
+        rsprof_store_release_u32(&self.hdr.state, RSPROF_STATE_RECORDING)
+
+    def heartbeat(self) -> None:
+        rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
+
+    def detach(self) -> None:
+        """Stop the target recording (IDLE) and give up the reader role."""
+        if self.base == NULL:
+            return
+        rsprof_store_release_u32(&self.hdr.state, RSPROF_STATE_IDLE)
+        rsprof_store_release_u32(&self.hdr.reader_pid, 0)
+
+    cdef void _zero(self, uint64_t pos, uint64_t n) noexcept:
+        cdef uint64_t off = pos & (self.size - 1), first
+        if n > self.size:
+            n = self.size
+        if off + n <= self.size:
+            memset(self.data + off, 0, n)
+        else:
+            first = self.size - off
+            memset(self.data + off, 0, first)
+            memset(self.data, 0, n - first)
+
+    def drain(self, HeapDecoder decoder, uint64_t budget=1 << 62) -> int:
+        """Decode committed records (at most about `budget` bytes); returns bytes consumed."""
+        cdef uint64_t tail = rsprof_load_acquire_u64(&self.hdr.tail)
+        cdef uint64_t start = tail
+        cdef uint64_t reserve = rsprof_load_acquire_u64(&self.hdr.reserve)
+        cdef uint64_t word, off, first, mask = self.size - 1
+        cdef uint32_t rsize, rtype, max_frames = self.hdr.max_frames
+        cdef const uint8_t* rec
+        if reserve - tail > self.size or (tail & 7) != 0:
+            # Garbage indices: skip everything written so far, never loop on it.
+            self.malformed += 1
+            self._zero(0, self.size)
+            rsprof_store_release_u64(&self.hdr.tail, reserve)
+            self.heartbeat()
+            return 0
+        while tail < reserve and tail - start < budget:
+            off = tail & mask
+            word = rsprof_load_acquire_u64(<uint64_t*>(self.data + off))
+            if word == 0:
+                break  # reserved but not committed yet
+            rsize = <uint32_t>(word & 0xffffffff)
+            rtype = <uint32_t>(word >> 32)
+            if rsize < 8 or (rsize & 7) != 0 or rsize > reserve - tail or rsize > SHM_MAX_RECORD:
+                self.malformed += 1
+                tail = reserve
+                break
+            if off + rsize <= self.size:
+                rec = self.data + off
+            else:
+                first = self.size - off
+                memcpy(self.scratch, self.data + off, first)
+                memcpy(self.scratch + first, self.data, rsize - first)
+                rec = self.scratch
+            decoder._record(rec, rtype, rsize, max_frames)
+            tail += rsize
+        # Zero what was consumed (one or two memsets), then publish the new tail.
+        if tail > start:
+            self._zero(start, tail - start)
+        rsprof_store_release_u64(&self.hdr.tail, tail)
+        self.heartbeat()
+        return tail - start
+
+    def close(self) -> None:
+        if self.base != NULL:
+            munmap(self.base, self.map_len)
+            self.base = NULL
+
+
+def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state) -> int:
+    """Size a new region file and write its header (the layout of rsprof_shm.h).
+
+    pid 0 lets the first process that maps the region claim it (`rsprof run`
+    creates the region before the target exists). Returns the region length.
+    """
+    import os
+    if ring_size < 4096 or (ring_size & (ring_size - 1)) != 0:
+        raise ValueError("ring size must be a power of two of at least 4096")
+    cdef size_t length = RSPROF_SHM_HEADER_BYTES + ring_size
+    os.ftruncate(fd, length)
+    cdef void* p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    if p == MAP_FAILED:
+        raise OSError("cannot map the shared region")
+    cdef rsprof_shm_header* hdr = <rsprof_shm_header*>p
+    memset(p, 0, RSPROF_SHM_HEADER_BYTES)
+    hdr.version = RSPROF_SHM_VERSION
+    hdr.header_bytes = RSPROF_SHM_HEADER_BYTES
+    hdr.ring_size = ring_size
+    hdr.pid = pid
+    hdr.max_frames = RSPROF_MAX_FRAMES
+    hdr.heartbeat_ns = rsprof_monotonic_ns()
+    hdr.state = state
+    rsprof_store_release_u64(&hdr.magic, RSPROF_SHM_MAGIC)
+    munmap(p, length)
+    return length

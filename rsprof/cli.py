@@ -14,6 +14,7 @@ from rsprof import __version__
 from rsprof.commands.list_profiles import list_command
 from rsprof.commands.query import query_command
 from rsprof.commands.record import record_command
+from rsprof.commands.run import run_command
 from rsprof.commands.top import top_group
 from rsprof.errors import RsprofError, UsageError
 
@@ -23,8 +24,11 @@ ROOT_HELP = """Profile CPU and heap of a Rust process; save to SQLite.
 Record a running process:
   rsprof -p PID [-o FILE] [-d 10s] [-q]
   rsprof -P NAME ...
+Launch a program with heap profiling (exact live memory per call site):
+  rsprof run [-o FILE] -- PROGRAM [ARGS...]
 Report and query a saved profile (default: the newest in this directory):
   rsprof top cpu [FILE] [-n 50] [--threshold 1.0] [--json|--csv]
+  rsprof top heap [FILE] [-n 20] [--json|--csv]
   rsprof query FILE "SELECT * FROM cpu_samples LIMIT 10"
   rsprof list [-d DIR]
 """
@@ -62,6 +66,7 @@ def root(ctx: click.Context, pid: int | None, name: str | None, output: str | No
 root.add_command(top_group)
 root.add_command(query_command)
 root.add_command(list_command)
+root.add_command(run_command)
 
 
 def main(argv: list[str] | None = None) -> int:

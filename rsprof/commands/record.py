@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rsprof.duration import parse_duration
 from rsprof.errors import UsageError
+from rsprof.recording.heap_region import find_region, remove_stale_regions
 from rsprof.recording.process import find_by_name, process_info
 from rsprof.recording.recorder import Recorder, RecordOptions
 
@@ -39,5 +40,11 @@ def record_command(pid: int | None, name: str | None, output: str | None,
     # Until the live TUI exists, recording without -q behaves like -q.
     options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
                             cpu_freq=cpu_freq, append=append, quiet=True)
-    Recorder(target, options).run()
+    remove_stale_regions()
+    region = find_region(target.pid)  # the process loaded the shim: record its heap too
+    try:
+        Recorder(target, options, heap=region).run()
+    finally:
+        if region is not None:
+            region.ring.close()
     return 0

@@ -9,6 +9,7 @@ import click
 
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
+from rsprof.report.heap import build_heap_report, human_bytes
 from rsprof.report.render import Cell, render_csv, render_json, render_table
 from rsprof.storage.profile_file import open_readonly
 
@@ -85,3 +86,63 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
                   f"{c['other_process_samples']} (not stored)\n")
     out.write("\n")
     render_table(out, headers, table, right_align=[True, True, True, False, False])
+
+
+@top_group.command("heap")
+@click.argument("profile", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Number of call sites to show.")
+@click.option("--include-internal", is_flag=True,
+              help="Charge allocations to the true leaf, even in std or dependencies.")
+@click.option("--json", "as_json", is_flag=True, help="Write JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Write CSV.")
+def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: bool,
+             as_csv: bool) -> None:
+    """Allocation sites by live bytes: live, total allocated, allocs, frees, file:line.
+
+    Live bytes are exact: every allocation and free of the recording is
+    counted. Frees of blocks allocated before recording began are counted
+    apart (unknown frees), never charged to a site.
+    """
+    path = resolve_profile(profile)
+    conn = open_readonly(path)
+    try:
+        report = build_heap_report(conn, include_internal=include_internal)
+    finally:
+        conn.close()
+    rows = report.rows[:limit]
+    s = report.summary
+    c = s.counters
+    out = sys.stdout
+    if as_json:
+        render_json(out, {
+            "profile": str(path), "summary": s.as_dict(),
+            "live_bytes": report.live_bytes, "alloc_bytes": report.alloc_bytes,
+            "allocs": report.allocs, "frees": report.frees,
+            "attribution": "leaf" if include_internal else "user",
+            "sites": [{
+                "function": r.function, "module": r.module, "file": r.file, "line": r.line,
+                "live_bytes": r.live_bytes, "peak_live_bytes": r.peak_live_bytes,
+                "alloc_bytes": r.alloc_bytes, "free_bytes": r.free_bytes,
+                "allocs": r.allocs, "frees": r.frees, "stacks": r.sites,
+            } for r in rows],
+        })
+        return
+    if as_csv:
+        render_csv(out, ["live_bytes", "peak_live_bytes", "alloc_bytes", "free_bytes", "allocs",
+                         "frees", "function", "file", "line", "module"],
+                   [[r.live_bytes, r.peak_live_bytes, r.alloc_bytes, r.free_bytes, r.allocs,
+                     r.frees, r.function, r.file, r.line, r.module] for r in rows])
+        return
+    out.write(
+        f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
+        f"live {human_bytes(report.live_bytes)} of {human_bytes(report.alloc_bytes)} allocated"
+        f" in {report.allocs} allocations, {report.frees} frees\n"
+        f"dropped {c['heap_dropped']}, unknown frees (allocated before recording) "
+        f"{c['heap_unknown_frees']}, unknown stacks {c['heap_unknown_stacks']}, "
+        f"malformed {c['heap_malformed']}\n\n")
+    table: list[list[Cell]] = [
+        [human_bytes(r.live_bytes), human_bytes(r.alloc_bytes), r.allocs, r.frees, r.function,
+         r.location] for r in rows]
+    render_table(out, ["live", "allocated", "allocs", "frees", "function", "location"], table,
+                 right_align=[True, True, True, True, False, False])

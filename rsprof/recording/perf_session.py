@@ -88,10 +88,15 @@ class PerfSession:
         self.rings: dict[int, _ring.PerfRing] = {}
         self.fds: list[int] = []
         self.attached_tids: set[int] = set()
+        self._allow_gone = False
         _raise_fd_limit()
 
-    def open(self) -> None:
-        """Attach to every thread; repeat until no thread appeared meanwhile."""
+    def open(self, allow_gone: bool = False) -> None:
+        """Attach to every thread; repeat until no thread appeared meanwhile.
+
+        allow_gone: a process that already exited is not an error (nothing to sample).
+        """
+        self._allow_gone = allow_gone
         page = os.sysconf("SC_PAGE_SIZE")
         watermark = self.ring_pages * page // 2
         try:
@@ -104,7 +109,7 @@ class PerfSession:
         except BaseException:
             self.close()
             raise
-        if not self.attached_tids:
+        if not self.attached_tids and not allow_gone:
             self.close()
             raise ProcessNotFound(f"process {self.pid} has no threads left to sample")
 
@@ -116,7 +121,7 @@ class PerfSession:
             except OSError as exc:
                 for f in opened:
                     os.close(f)
-                if exc.errno == errno.ESRCH and tid != self.pid:
+                if exc.errno == errno.ESRCH and (tid != self.pid or self._allow_gone):
                     return  # the thread ended meanwhile; nothing to sample
                 raise explain_perf_error(exc, self.pid, self.freq) from None
             opened.append(fd)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import select
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +20,10 @@ from rsprof import _ring, _unwind
 from rsprof.duration import format_duration
 from rsprof.errors import ProfileError
 from rsprof.recording.code_map import CodeMap
+from rsprof.recording.heap_region import Region
 from rsprof.recording.perf_session import PerfSession
 from rsprof.recording.process import ProcessInfo, is_alive, thread_name
+from rsprof.report.heap import human_bytes
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
 from rsprof.symbols.resolver import Symbolizer
@@ -64,13 +69,33 @@ class Recorder:
 
     def __init__(self, target: ProcessInfo, options: RecordOptions,
                  status: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 heap: Region | None = None,
+                 child: subprocess.Popen[bytes] | None = None) -> None:
         self.target = target
         self.options = options
+        self.heap = heap
+        self.child = child
+        self.heap_decoder: _ring.HeapDecoder | None = None
         self.status = status if status is not None else sys.stderr
         self.clock = clock
         self._stop_reason: str | None = None
+        self.exit_code: int | None = None
+        self.own_cpu_s = 0.0
+        self.own_max_rss_kb = 0
+        self._start_ns = 0
+        self._interval_ns = 1
         self.code_map = CodeMap(target.pid)
+
+    def _alive(self) -> bool:
+        if self.child is not None:
+            return self.child.poll() is None
+        return is_alive(self.target.pid)
+
+    def _drain_heap(self) -> int:
+        if self.heap is None or self.heap_decoder is None:
+            return 0
+        return self.heap.ring.drain(self.heap_decoder)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         if self._stop_reason is None:
@@ -83,7 +108,7 @@ class Recorder:
         opts = self.options
         pid = self.target.pid
         session = PerfSession(pid, opts.cpu_freq)
-        session.open()
+        session.open(allow_gone=self.child is not None)
         try:
             writer = ProfileWriter(opts.output, append=opts.append)
         except BaseException:
@@ -113,9 +138,14 @@ class Recorder:
             pid=pid, process_name=self.target.name, cmdline=self.target.cmdline,
             executable=self.target.executable, build_id=_build_id_of(self.target.pid),
             cpu_source="perf", cpu_freq=opts.cpu_freq, interval_s=opts.interval_s,
-            start_time=start_wall,
+            start_time=start_wall, heap_source=self.heap_source,
         ))
         stacks = _unwind.StackTable()
+        if self.heap is not None:
+            self.heap_decoder = _ring.HeapDecoder(stacks)
+            self.heap.ring.attach(os.getpid())
+        self._start_ns = start_ns
+        self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
         _set_code_ranges(decoder, self.code_map, symbolizer)
         for tid in session.attached_tids:
@@ -131,19 +161,28 @@ class Recorder:
             poller.register(fd, select.POLLIN)
         next_flush = start + opts.interval_s
         reason = "interrupted"
+        # With the heap ring attached the target may be waiting for space: drain often.
+        max_sleep = 0.002 if self.heap is not None else 0.25
+        next_alive_check = start
+        heap_busy = False
         try:
             while True:
                 now = self.clock()
-                timeout = max(0.0, min(next_flush - now, 0.25))
-                poller.poll(timeout * 1000)
+                timeout = max(0.0, min(next_flush - now, max_sleep))
+                if not heap_busy:
+                    poller.poll(timeout * 1000)
                 session.drain(decoder)
+                # While the target produces heap records fast, drain without sleeping.
+                heap_busy = self._drain_heap() >= 256 * 1024
                 now = self.clock()
                 if self._stop_reason is not None:
                     reason = self._stop_reason
                     break
-                if not is_alive(pid):
-                    reason = "exited"
-                    break
+                if now >= next_alive_check:
+                    next_alive_check = now + 0.05
+                    if not self._alive():
+                        reason = "exited"
+                        break
                 if opts.duration_s is not None and now - start >= opts.duration_s:
                     reason = "duration"
                     break
@@ -157,12 +196,27 @@ class Recorder:
                         self.status.write(f"rsprof: warning: {warning}\n")
                     warned = len(symbolizer.warnings)
             session.drain(decoder)
+            # Whatever the target committed before it exited or we stopped.
+            while self._drain_heap():
+                pass
+            if self.heap is not None and reason != "exited":
+                self.heap.ring.detach()
             self._flush(decoder, stacks, symbolizer, writer)
         finally:
+            if self.heap is not None and self.heap_decoder is not None:
+                self.heap.ring.detach()
             symbolizer.close()
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
         elapsed = self.clock() - start
+        if self.child is not None and self.child.poll() is not None:
+            self.exit_code = self.child.returncode
+            writer.set_exit_code(self.exit_code)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.own_cpu_s = usage.ru_utime + usage.ru_stime
+        self.own_max_rss_kb = usage.ru_maxrss
+        writer.set_meta({"rsprof_cpu_s": round(self.own_cpu_s, 3),
+                         "rsprof_max_rss_kb": self.own_max_rss_kb})
         writer.finalize(time.time(), reason)
         c = writer.counters
         result = RecordResult(
@@ -194,6 +248,12 @@ class Recorder:
                 resolved.update(symbolizer.resolve(unknown))
             writer.add_addresses(resolved)
         writer.add_stacks(new_stacks)
+        if self.heap is not None and self.heap_decoder is not None:
+            interval = max(0, (time.monotonic_ns() - self._start_ns) // self._interval_ns)
+            writer.add_heap_sites(interval, self.heap_decoder.take_changed())
+            for tid, name in self.heap_decoder.take_threads():
+                writer.set_thread_name(tid, name)
+            self._heap_counters(writer)
         counts = decoder.take_counts()
         for _iv, tid, _sid, _n in counts:
             if tid not in writer.thread_names():
@@ -210,6 +270,22 @@ class Recorder:
         c.scanned_stacks = decoder.scanned_stacks
         writer.commit()
 
+    def _heap_counters(self, writer: ProfileWriter) -> None:
+        assert self.heap is not None and self.heap_decoder is not None
+        h = self.heap_decoder
+        shim = self.heap.ring.counters()
+        c = writer.counters
+        c.heap_allocs = h.alloc_records
+        c.heap_frees = h.free_records
+        c.heap_unknown_frees = h.unknown_frees
+        c.heap_unknown_stacks = h.unknown_stack_allocs
+        c.heap_replaced_live = h.replaced_live
+        c.heap_malformed = h.malformed + self.heap.ring.malformed
+        c.heap_dropped = int(shim["dropped"])
+        c.heap_raw_stacks = int(shim["raw_stacks"])
+        c.heap_truncated_stacks = int(shim["truncated"])
+        c.heap_waits = int(shim["waits"])
+
     def _progress(self, elapsed: float, decoder: _ring.PerfDecoder,
                   writer: ProfileWriter) -> None:
         line = (f"rsprof: pid {self.target.pid} ({self.target.name}) "
@@ -217,15 +293,32 @@ class Recorder:
                 f"  threads {len(writer.thread_names())}")
         if decoder.lost:
             line += f"  lost {decoder.lost}"
+        if self.heap_decoder is not None:
+            h = self.heap_decoder
+            line += (f"  allocs {h.alloc_records}  frees {h.free_records}"
+                     f"  live {human_bytes(h.total_live_bytes)}")
         self.status.write(line + "\n")
         self.status.flush()
 
+    @property
+    def heap_source(self) -> str | None:
+        if self.heap is None:
+            return None
+        return "preload" if self.child is not None else "shim"
+
     def _summary(self, r: RecordResult) -> None:
         if r.end_reason == "exited":
+            code = f" with code {self.exit_code}" if self.exit_code is not None else ""
             self.status.write(
-                f"rsprof: process {self.target.pid} exited after {r.elapsed_s:.1f}s\n")
+                f"rsprof: process {self.target.pid} exited{code} after {r.elapsed_s:.1f}s\n")
+        heap = ""
+        if self.heap_decoder is not None:
+            h = self.heap_decoder
+            heap = (f", {h.alloc_records} allocations and {h.free_records} frees"
+                    f" ({human_bytes(h.total_live_bytes)} live at the end)")
         self.status.write(
             f"rsprof: wrote {r.output}: {r.samples} samples over {r.elapsed_s:.1f}s "
-            f"from {r.threads} threads (lost {r.lost_records}, truncated {r.truncated_stacks}, "
-            f"unresolved addresses {r.unresolved_addresses})\n")
+            f"from {r.threads} threads{heap} (lost {r.lost_records}, truncated "
+            f"{r.truncated_stacks}, unresolved addresses {r.unresolved_addresses}); rsprof "
+            f"used {self.own_cpu_s:.2f}s CPU, {self.own_max_rss_kb // 1024} MB\n")
         self.status.flush()

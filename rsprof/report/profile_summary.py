@@ -8,7 +8,9 @@ from dataclasses import dataclass
 COUNTER_KEYS = (
     "samples", "lost_records", "truncated_stacks", "unresolved_addresses",
     "malformed_records", "throttle_events", "other_process_samples", "broken_stacks",
-    "scanned_stacks",
+    "scanned_stacks", "heap_allocs", "heap_frees", "heap_unknown_frees", "heap_dropped",
+    "heap_malformed", "heap_unknown_stacks", "heap_replaced_live", "heap_raw_stacks",
+    "heap_truncated_stacks", "heap_waits",
 )
 
 

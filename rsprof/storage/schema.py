@@ -33,7 +33,19 @@ CREATE TABLE IF NOT EXISTS recordings (
     throttle_events INTEGER NOT NULL DEFAULT 0,
     other_process_samples INTEGER NOT NULL DEFAULT 0,
     broken_stacks INTEGER NOT NULL DEFAULT 0,
-    scanned_stacks INTEGER NOT NULL DEFAULT 0
+    scanned_stacks INTEGER NOT NULL DEFAULT 0,
+    heap_source   TEXT,
+    exit_code     INTEGER,
+    heap_allocs INTEGER NOT NULL DEFAULT 0,
+    heap_frees INTEGER NOT NULL DEFAULT 0,
+    heap_unknown_frees INTEGER NOT NULL DEFAULT 0,
+    heap_dropped INTEGER NOT NULL DEFAULT 0,
+    heap_malformed INTEGER NOT NULL DEFAULT 0,
+    heap_unknown_stacks INTEGER NOT NULL DEFAULT 0,
+    heap_replaced_live INTEGER NOT NULL DEFAULT 0,
+    heap_raw_stacks INTEGER NOT NULL DEFAULT 0,
+    heap_truncated_stacks INTEGER NOT NULL DEFAULT 0,
+    heap_waits INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS modules (
     id        INTEGER PRIMARY KEY,
@@ -79,6 +91,28 @@ CREATE TABLE IF NOT EXISTS threads (
     tid          INTEGER NOT NULL,
     name         TEXT NOT NULL,
     PRIMARY KEY (recording_id, tid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heap_sites (
+    recording_id    INTEGER NOT NULL REFERENCES recordings(id),
+    stack_id        INTEGER NOT NULL REFERENCES stacks(id),
+    allocs          INTEGER NOT NULL,
+    alloc_bytes     INTEGER NOT NULL,
+    frees           INTEGER NOT NULL,
+    free_bytes      INTEGER NOT NULL,
+    live_bytes      INTEGER NOT NULL,
+    peak_live_bytes INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, stack_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heap_counts (
+    recording_id INTEGER NOT NULL REFERENCES recordings(id),
+    interval     INTEGER NOT NULL,
+    stack_id     INTEGER NOT NULL REFERENCES stacks(id),
+    allocs       INTEGER NOT NULL,
+    alloc_bytes  INTEGER NOT NULL,
+    frees        INTEGER NOT NULL,
+    free_bytes   INTEGER NOT NULL,
+    live_bytes   INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, interval, stack_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cpu_counts (
     recording_id INTEGER NOT NULL REFERENCES recordings(id),
@@ -144,6 +178,44 @@ JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id
 GROUP BY f.function, m.path
 ORDER BY samples DESC;
+
+CREATE VIEW IF NOT EXISTS heap_samples AS
+SELECT f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       h.alloc_bytes AS total_alloc_bytes,
+       h.free_bytes AS total_free_bytes,
+       h.allocs AS total_allocs,
+       h.frees AS total_frees,
+       h.live_bytes AS live_bytes,
+       h.peak_live_bytes AS peak_live_bytes,
+       m.path AS module,
+       h.stack_id AS stack_id,
+       h.recording_id AS recording_id
+FROM heap_sites h
+JOIN stacks s ON s.id = h.stack_id
+JOIN frames f ON f.id = s.user_frame_id
+JOIN modules m ON m.id = f.module_id;
+
+CREATE VIEW IF NOT EXISTS heap_timeline AS
+SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
+                'unixepoch', 'localtime') AS time,
+       round(r.start_time + c.interval * r.interval_s
+             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       c.allocs AS total_allocs,
+       c.alloc_bytes AS total_alloc_bytes,
+       c.frees AS total_frees,
+       c.free_bytes AS total_free_bytes,
+       c.live_bytes AS live_bytes,
+       c.stack_id AS stack_id,
+       c.recording_id AS recording_id
+FROM heap_counts c
+JOIN recordings r ON r.id = c.recording_id
+JOIN stacks s ON s.id = c.stack_id
+JOIN frames f ON f.id = s.user_frame_id;
 
 CREATE VIEW IF NOT EXISTS address_symbols AS
 SELECT a.id AS address_id,

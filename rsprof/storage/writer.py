@@ -36,6 +36,7 @@ class RecordingInfo:
     cpu_freq: int
     interval_s: float
     start_time: float
+    heap_source: str | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +50,16 @@ class RecordingCounters:
     other_process_samples: int = 0
     broken_stacks: int = 0
     scanned_stacks: int = 0
+    heap_allocs: int = 0
+    heap_frees: int = 0
+    heap_unknown_frees: int = 0
+    heap_dropped: int = 0
+    heap_malformed: int = 0
+    heap_unknown_stacks: int = 0
+    heap_replaced_live: int = 0
+    heap_raw_stacks: int = 0
+    heap_truncated_stacks: int = 0
+    heap_waits: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -61,6 +72,16 @@ class RecordingCounters:
             "other_process_samples": self.other_process_samples,
             "broken_stacks": self.broken_stacks,
             "scanned_stacks": self.scanned_stacks,
+            "heap_allocs": self.heap_allocs,
+            "heap_frees": self.heap_frees,
+            "heap_unknown_frees": self.heap_unknown_frees,
+            "heap_dropped": self.heap_dropped,
+            "heap_malformed": self.heap_malformed,
+            "heap_unknown_stacks": self.heap_unknown_stacks,
+            "heap_replaced_live": self.heap_replaced_live,
+            "heap_raw_stacks": self.heap_raw_stacks,
+            "heap_truncated_stacks": self.heap_truncated_stacks,
+            "heap_waits": self.heap_waits,
         }
 
 
@@ -77,6 +98,10 @@ def compress_ids(ids: Iterable[int]) -> bytes:
 def decompress_ids(blob: bytes) -> list[int]:
     raw = lz4.block.decompress(blob)
     return list(memoryview(raw).cast("I"))
+
+
+# What a stack with no frames at all (the shim could not walk any) is charged to.
+NO_STACK_FRAME = Frame("[no stack]", None, None, "[unknown]", False, False)
 
 
 class ProfileWriter:
@@ -120,9 +145,11 @@ class ProfileWriter:
     def begin_recording(self, info: RecordingInfo) -> int:
         cur = self.conn.execute(
             "INSERT INTO recordings (pid, process_name, cmdline, executable, build_id,"
-            " cpu_source, cpu_freq, interval_s, start_time) VALUES (?,?,?,?,?,?,?,?,?)",
+            " cpu_source, cpu_freq, interval_s, start_time, heap_source)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
             (info.pid, info.process_name, info.cmdline, info.executable, info.build_id,
-             info.cpu_source, info.cpu_freq, info.interval_s, info.start_time),
+             info.cpu_source, info.cpu_freq, info.interval_s, info.start_time,
+             info.heap_source),
         )
         self.recording_id = int(cur.lastrowid or 0)
         first = self.conn.execute("SELECT min(start_time) FROM recordings").fetchone()[0]
@@ -132,6 +159,7 @@ class ProfileWriter:
             "cpu_source": info.cpu_source, "cpu_freq": info.cpu_freq,
             "interval_s": info.interval_s, "start_time": first,
             "recordings": self.recording_id, "end_time": "", "end_reason": "recording",
+            "heap_source": info.heap_source or "", "exit_code": "",
         })
         self.commit()
         return self.recording_id
@@ -140,6 +168,11 @@ class ProfileWriter:
         self._write_counters()
         self.conn.execute("COMMIT")
         self.conn.execute("BEGIN")
+
+    def set_exit_code(self, code: int) -> None:
+        self.conn.execute("UPDATE recordings SET exit_code = ? WHERE id = ?",
+                          (code, self.recording_id))
+        self._set_meta({"exit_code": code})
 
     def finalize(self, end_time: float, end_reason: str) -> None:
         self.conn.execute(
@@ -236,6 +269,8 @@ class ProfileWriter:
             logical: list[Frame] = []
             for a in addresses:
                 logical.extend(self._address_frames[a])
+            if not logical:
+                logical = [NO_STACK_FRAME]
             leaf = self._frame_id(logical[charged_index(logical, include_internal=True)])[0]
             user = self._frame_id(logical[charged_index(logical)])[0]
             rows.append((self.recording_id, len(addresses), compress_ids(address_ids), leaf, user,
@@ -258,6 +293,31 @@ class ProfileWriter:
              for iv, tid, sid, n in counts],
         )
 
+    def add_heap_sites(self, interval: int,
+                       sites: Iterable[tuple[int, int, int, int, int, int, int]]) -> None:
+        """Per-site totals (recorder stack id, allocs, alloc_bytes, frees, free_bytes,
+        live_bytes, peak_live_bytes) of sites that changed; one time-series row each."""
+        rows = [(self.recording_id, self._stack_ids[sid], a, ab, f, fb, live, peak)
+                for sid, a, ab, f, fb, live, peak in sites]
+        self.conn.executemany(
+            "INSERT INTO heap_sites (recording_id, stack_id, allocs, alloc_bytes, frees,"
+            " free_bytes, live_bytes, peak_live_bytes) VALUES (?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (recording_id, stack_id) DO UPDATE SET allocs = excluded.allocs,"
+            " alloc_bytes = excluded.alloc_bytes, frees = excluded.frees,"
+            " free_bytes = excluded.free_bytes, live_bytes = excluded.live_bytes,"
+            " peak_live_bytes = excluded.peak_live_bytes",
+            rows,
+        )
+        self.conn.executemany(
+            "INSERT INTO heap_counts (recording_id, interval, stack_id, allocs, alloc_bytes,"
+            " frees, free_bytes, live_bytes) VALUES (?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (recording_id, interval, stack_id) DO UPDATE SET"
+            " allocs = excluded.allocs, alloc_bytes = excluded.alloc_bytes,"
+            " frees = excluded.frees, free_bytes = excluded.free_bytes,"
+            " live_bytes = excluded.live_bytes",
+            [(r[0], interval, *r[1:7]) for r in rows],
+        )
+
     def set_thread_name(self, tid: int, name: str) -> None:
         if self._threads.get(tid) == name:
             return
@@ -272,6 +332,10 @@ class ProfileWriter:
         return dict(self._threads)
 
     # -- meta -----------------------------------------------------------------
+
+    def set_meta(self, values: Mapping[str, object]) -> None:
+        """Extra facts about the recording (meta keys are documented in docs/schema.md)."""
+        self._set_meta(values)
 
     def _set_meta(self, values: Mapping[str, object]) -> None:
         self.conn.executemany(

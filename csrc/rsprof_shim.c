@@ -1,0 +1,929 @@
+/* rsprof_shim.c: the heap recorder inside the target process.
+ *
+ * Writes the records of csrc/rsprof_shm.h into a shared-memory ring that
+ * rsprof drains. Built into librsprof_shim.so together with the LD_PRELOAD
+ * interposer (rsprof_preload.c); also linkable on its own behind a Rust
+ * #[global_allocator] (see rsprof_shim.h for the API and its ordering rules).
+ *
+ * Rules kept everywhere below:
+ *   - while the region's state is not RECORDING a hook does one relaxed load
+ *     and returns; nothing grows;
+ *   - no locks, no malloc: the intern table lives in private mmap'd memory,
+ *     the ring is reserved with a CAS; errno is preserved;
+ *   - a per-thread recursion guard (initial-exec TLS) is set around anything
+ *     that may call back into libc's allocator (pthread_getattr_np, init);
+ *   - the ring is only waited on outside signal handlers, and only while the
+ *     reader's heartbeat is fresh; after RSPROF_READER_TIMEOUT_NS without one
+ *     the shim sets STOPPED and drops (counted in `dropped`).
+ *
+ * Processes started by the target: a fork()ed child stops recording at once
+ * (pthread_atfork child handler: the shared mapping is replaced by private
+ * anonymous memory and the header pointer by an IDLE dummy), so it never
+ * writes into the parent's ring. exec()ed programs inherit LD_PRELOAD and so
+ * load the shim again, but RSPROF_SHM is removed from the environment at init,
+ * so they never map the parent's region: each creates a private IDLE region of
+ * its own (/dev/shm/rsprof-<pid>-<hex>, unlinked at its exit) and records
+ * nothing unless a reader attaches to it. Regions whose process exec()ed or
+ * left through _exit() (no destructors) are swept when the next process
+ * creates its region (sweep_regions), and by rsprof. Children made with raw clone()/vfork() without exec
+ * bypass pthread_atfork and are not supported.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rsprof_shim_internal.h"
+
+#if !defined(__x86_64__) && !defined(__aarch64__)
+#error "rsprof_shim: frame record layout known only for x86-64 and aarch64"
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Process-local state                                                       */
+/* ------------------------------------------------------------------------ */
+
+static struct rsprof_shm_header g_dummy; /* state 0 == RSPROF_STATE_IDLE */
+struct rsprof_shm_header *rsprof__hdr = &g_dummy;
+
+static uint8_t *g_data;        /* ring bytes */
+static uint64_t g_ring;        /* ring size (power of two) */
+static uint64_t g_mask;
+static uint32_t g_max_frames;  /* min(header.max_frames, RSPROF_MAX_FRAMES) */
+static void *g_map;            /* whole mapping, replaced in a fork child */
+static size_t g_map_len;
+static int g_created;          /* we created a private region: unlink at exit */
+static pid_t g_owner;
+static char g_name[96];
+static int g_init;             /* 0 never, 1 running, 2 done (atomic) */
+static int g_mapped;
+
+/* Per thread; initial-exec so that reading them never allocates. */
+static RSPROF_IE_TLS int t_guard;
+static RSPROF_IE_TLS uint32_t t_tid;
+static RSPROF_IE_TLS uint32_t t_stack_state; /* 0 unknown, 1 range cached, 2 unavailable */
+static RSPROF_IE_TLS uintptr_t t_stack_lo;
+static RSPROF_IE_TLS uintptr_t t_stack_hi;
+static RSPROF_IE_TLS uint64_t t_thread_tag; /* session tag of the last THREAD record */
+
+#define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define ADD_RLX(p, v) ((void)__atomic_fetch_add((p), (v), __ATOMIC_RELAXED))
+
+/* "announced in session s": distinct from 0 (never) for every s. */
+#define SESSION_TAG(s) ((1ull << 32) | (uint64_t)(s))
+
+static inline struct rsprof_shm_header *hdr(void)
+{
+    return __atomic_load_n(&rsprof__hdr, __ATOMIC_ACQUIRE);
+}
+
+static inline int recording(const struct rsprof_shm_header *h)
+{
+    return LOAD_RLX(&h->state) == RSPROF_STATE_RECORDING;
+}
+
+static uint64_t now_ns(clockid_t clk)
+{
+    struct timespec ts;
+    if (clock_gettime(clk, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void short_sleep(long ns)
+{
+    /* The raw syscall: nanosleep() is a cancellation point, an allocator
+     * hook must not be one. */
+    struct timespec ts = {0, ns};
+    syscall(SYS_nanosleep, &ts, NULL);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#else
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static void spin_wait(unsigned *n)
+{
+    if (++*n < 64)
+        cpu_relax();
+    else if (*n < 256)
+        sched_yield();
+    else
+        short_sleep(20000);
+}
+
+static inline uint32_t my_tid(void)
+{
+    if (RSPROF_UNLIKELY(t_tid == 0))
+        t_tid = (uint32_t)syscall(SYS_gettid);
+    return t_tid;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ring                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Reserve `size` bytes. Waits (short sleeps) for ring space while the reader's
+ * heartbeat is fresh, unless `nowait`. Returns 0 and counts a drop when the
+ * record cannot be written. */
+static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, uint64_t *pos)
+{
+    int waited = 0;
+    for (;;) {
+        if (!recording(h)) {
+            ADD_RLX(&h->dropped, 1);
+            return 0;
+        }
+        uint64_t r = LOAD_RLX(&h->reserve);
+        uint64_t t = LOAD_ACQ(&h->tail);
+        if (r + size - t <= g_ring && t <= r) {
+            if (__atomic_compare_exchange_n(&h->reserve, &r, r + size, 1, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED)) {
+                *pos = r;
+                return 1;
+            }
+            continue;
+        }
+        if (nowait) {
+            ADD_RLX(&h->dropped, 1);
+            return 0;
+        }
+        uint64_t now = now_ns(CLOCK_MONOTONIC);
+        uint64_t beat = LOAD_ACQ(&h->heartbeat_ns);
+        if (now > beat && now - beat > RSPROF_READER_TIMEOUT_NS) {
+            uint32_t want = RSPROF_STATE_RECORDING;
+            __atomic_compare_exchange_n(&h->state, &want, RSPROF_STATE_STOPPED, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+            ADD_RLX(&h->dropped, 1);
+            return 0;
+        }
+        if (!waited) {
+            waited = 1;
+            ADD_RLX(&h->waits, 1);
+        }
+        short_sleep(50000);
+    }
+}
+
+static void ring_copy(uint64_t pos, const void *src, uint64_t n)
+{
+    uint64_t off = pos & g_mask;
+    if (off + n <= g_ring) {
+        memcpy(g_data + off, src, n);
+    } else {
+        uint64_t first = g_ring - off;
+        memcpy(g_data + off, src, first);
+        memcpy(g_data, (const uint8_t *)src + first, n - first);
+    }
+}
+
+/* Write the body, then publish the header word with release: the commit.
+ * Positions and sizes are multiples of 8, so the word never wraps. */
+static void ring_commit(uint64_t pos, const void *rec, uint32_t size)
+{
+    uint64_t word;
+    memcpy(&word, rec, 8);
+    if (size > 8)
+        ring_copy(pos + 8, (const uint8_t *)rec + 8, size - 8);
+    STORE_REL((uint64_t *)(void *)(g_data + (pos & g_mask)), word);
+}
+
+static int ring_write(struct rsprof_shm_header *h, const void *rec, uint32_t size, int nowait)
+{
+    uint64_t pos;
+    if (!ring_reserve(h, size, nowait, &pos))
+        return 0;
+    ring_commit(pos, rec, size);
+    return 1;
+}
+
+static void commit_pad(uint64_t pos, uint32_t size)
+{
+    uint64_t word = RSPROF_REC_HEADER(RSPROF_REC_PAD, size);
+    STORE_REL((uint64_t *)(void *)(g_data + (pos & g_mask)), word);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stack walking                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* The readable extent of this thread's stack is learnt page by page, without
+ * locks and without malloc: pthread_getattr_np is not usable here, because
+ * it takes the thread's lock and (for the main thread) mallocs, and a caller
+ * such as Rust's runtime may already hold that lock when it allocates
+ * (a deadlock, seen here). A page is proven readable with process_vm_readv
+ * on ourselves, which fails with EFAULT instead of faulting; only pages
+ * contiguous with the current stack pointer are accepted, so a walk never
+ * leaves the stack's mapping (the next mapping up is a guard page or another
+ * thread's stack guard, both unreadable). Validated pages are cached per
+ * thread, so after the first walks no system call is made. */
+#define PAGE 4096u
+#define MAX_STACK_SPAN (64u << 20) /* never walk further than this above sp */
+
+static int page_readable(uintptr_t page)
+{
+    uint64_t probe;
+    struct iovec local = {&probe, sizeof(probe)};
+    struct iovec remote = {(void *)page, sizeof(probe)};
+    int saved = errno;
+    long got = syscall(SYS_process_vm_readv, (long)getpid(), &local, 1UL, &remote, 1UL, 0UL);
+    errno = saved;
+    return got == (long)sizeof(probe);
+}
+
+/* Is [addr, addr + len) inside the readable stack range above `sp`? Extends
+ * the cached range [t_stack_lo, t_stack_hi) upwards a page at a time. */
+static int stack_readable(uintptr_t sp, uintptr_t addr, uintptr_t len)
+{
+    uintptr_t end = addr + len;
+    if (addr < sp || end < addr || end - sp > MAX_STACK_SPAN)
+        return 0;
+    if (RSPROF_UNLIKELY(t_stack_state == 2))
+        return 0;
+    if (t_stack_state == 0 || sp < t_stack_lo || sp >= t_stack_hi) {
+        /* First walk on this thread, or the stack pointer left the cached range
+         * (e.g. a signal stack): restart from sp's own page. */
+        t_stack_lo = sp & ~(uintptr_t)(PAGE - 1);
+        t_stack_hi = t_stack_lo + PAGE;
+        t_stack_state = 1;
+    }
+    while (end > t_stack_hi) {
+        if (!page_readable(t_stack_hi))
+            return 0;
+        t_stack_hi += PAGE;
+    }
+    return 1;
+}
+
+/* Walk frame records from `fp` (a frame of the shim), dropping the first
+ * `skip` return addresses. Every frame record must lie in this thread's
+ * readable stack above the current stack pointer, be 8-byte aligned, and come
+ * above the previous one: code without frame pointers gives a short stack,
+ * never a fault. Reads of foreign stack frames are not instrumented by ASan. */
+__attribute__((noinline, no_sanitize_address)) static uint32_t
+walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *truncated)
+{
+    uint32_t n = 0;
+    uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    for (unsigned steps = 0; steps < RSPROF_MAX_FRAMES + 16; steps++) {
+        if ((fp & 7) != 0 || !stack_readable(sp, fp, 16))
+            break;
+        const uintptr_t *rec = (const uintptr_t *)fp;
+        uintptr_t next = rec[0];
+        uintptr_t ret = rec[1];
+        if (ret < 4096)
+            break;
+        if (skip > 0) {
+            skip--;
+        } else {
+            if (n == max) {
+                *truncated = 1;
+                break;
+            }
+            out[n++] = ret;
+        }
+        if (next <= fp)
+            break;
+        fp = next;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stack interning (private memory, insert-only, lock-free)                  */
+/* ------------------------------------------------------------------------ */
+
+struct slot {
+    uint64_t hash;      /* 0: empty; set by the CAS that claims the slot */
+    uint64_t announced; /* SESSION_TAG of the session whose STACK record was written */
+    uint32_t ready;     /* 1: depth/off valid (the claimer wrote its STACK record first) */
+    uint32_t busy;      /* 1: a thread is re-announcing this stack */
+    uint32_t depth;     /* DEAD_SLOT: claimed but no arena space */
+    uint32_t off;       /* first frame in the arena */
+};
+
+#define DEAD_SLOT 0xffffffffu
+#define TABLE_BITS 16
+#define TABLE_SLOTS (1u << TABLE_BITS)
+#define ARENA_FRAMES (1u << 21) /* 16 MiB of frames */
+#define MAX_PROBES 512
+
+struct table {
+    struct slot slots[TABLE_SLOTS];
+    uint64_t arena_used; /* frames handed out */
+    uint32_t count;      /* slots claimed */
+    uint32_t max_count;
+    uint64_t arena[ARENA_FRAMES];
+};
+
+static struct table *g_table;
+static uint32_t g_table_limit = (TABLE_SLOTS / 4) * 3; /* RSPROF_SHIM_MAX_STACKS lowers it */
+
+static struct table *table_get(void)
+{
+    struct table *t = LOAD_ACQ(&g_table);
+    if (RSPROF_LIKELY(t != NULL))
+        return t;
+    void *p = mmap(NULL, sizeof(struct table), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    t = p;
+    t->max_count = g_table_limit;
+    struct table *expected = NULL;
+    if (!__atomic_compare_exchange_n(&g_table, &expected, t, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        munmap(p, sizeof(struct table));
+        return expected;
+    }
+    return t;
+}
+
+static int arena_take(struct table *t, uint32_t depth, uint32_t *off)
+{
+    uint64_t used = LOAD_RLX(&t->arena_used);
+    for (;;) {
+        if (used + depth > ARENA_FRAMES)
+            return 0;
+        if (__atomic_compare_exchange_n(&t->arena_used, &used, used + depth, 1,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            *off = (uint32_t)used;
+            return 1;
+        }
+    }
+}
+
+static uint64_t hash_frames(const uint64_t *f, uint32_t depth)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ depth;
+    for (uint32_t i = 0; i < depth; i++) {
+        h ^= f[i];
+        h *= 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    h ^= h >> 29;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 32;
+    return h ? h : 1;
+}
+
+static int emit_stack(struct rsprof_shm_header *h, uint32_t id, const uint64_t *frames,
+                      uint32_t depth)
+{
+    uint64_t buf[2 + RSPROF_MAX_FRAMES];
+    struct rsprof_rec_stack *rec = (struct rsprof_rec_stack *)(void *)buf;
+    uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
+    rec->header = RSPROF_REC_HEADER(RSPROF_REC_STACK, size);
+    rec->stack_id = id;
+    rec->depth = depth;
+    memcpy(buf + 2, frames, 8u * depth);
+    return ring_write(h, buf, size, 0);
+}
+
+/* Make sure the STACK record of slot `s` was written in the current session
+ * before anyone writes an ALLOC naming it (one thread writes, others wait). */
+static int announce(struct rsprof_shm_header *h, struct table *t, struct slot *s, uint32_t id,
+                    uint32_t sess)
+{
+    unsigned spins = 0;
+    for (;;) {
+        if (LOAD_ACQ(&s->announced) == SESSION_TAG(sess))
+            return 1;
+        uint32_t idle = 0;
+        if (__atomic_compare_exchange_n(&s->busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            int ok = 1;
+            uint32_t cur = LOAD_ACQ(&h->session);
+            if (LOAD_ACQ(&s->announced) != SESSION_TAG(cur)) {
+                ok = emit_stack(h, id, t->arena + s->off, s->depth);
+                if (ok)
+                    STORE_REL(&s->announced, SESSION_TAG(cur));
+            }
+            STORE_REL(&s->busy, 0);
+            return ok;
+        }
+        spin_wait(&spins);
+    }
+}
+
+enum { INTERN_OK, INTERN_FULL, INTERN_DROPPED };
+
+static int intern(struct rsprof_shm_header *h, const uint64_t *frames, uint32_t depth,
+                  uint32_t sess, uint32_t *id)
+{
+    struct table *t = table_get();
+    if (t == NULL)
+        return INTERN_FULL;
+    uint64_t hv = hash_frames(frames, depth);
+    uint32_t idx = (uint32_t)hv & (TABLE_SLOTS - 1);
+    for (unsigned probe = 0; probe < MAX_PROBES; probe++, idx = (idx + 1) & (TABLE_SLOTS - 1)) {
+        struct slot *s = &t->slots[idx];
+        uint64_t sh = LOAD_ACQ(&s->hash);
+        if (sh == 0) {
+            if (LOAD_RLX(&t->count) >= t->max_count ||
+                LOAD_RLX(&t->arena_used) + depth > ARENA_FRAMES)
+                return INTERN_FULL;
+            if (__atomic_compare_exchange_n(&s->hash, &sh, hv, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                /* Ours: fill it, write its STACK record, then mark it ready. */
+                ADD_RLX(&t->count, 1);
+                uint32_t off;
+                if (!arena_take(t, depth, &off)) {
+                    s->depth = DEAD_SLOT;
+                    STORE_REL(&s->ready, 1);
+                    return INTERN_FULL;
+                }
+                memcpy(t->arena + off, frames, 8u * depth);
+                s->off = off;
+                s->depth = depth;
+                ADD_RLX(&h->interned, 1);
+                *id = idx + 1;
+                int ok = emit_stack(h, *id, frames, depth);
+                if (ok)
+                    STORE_REL(&s->announced, SESSION_TAG(sess));
+                STORE_REL(&s->ready, 1);
+                return ok ? INTERN_OK : INTERN_DROPPED;
+            }
+            /* Lost the race: sh now holds the winner's hash. */
+        }
+        if (sh != hv)
+            continue;
+        unsigned spins = 0;
+        while (!LOAD_ACQ(&s->ready))
+            spin_wait(&spins);
+        if (s->depth != depth || memcmp(t->arena + s->off, frames, 8u * depth) != 0)
+            continue;
+        *id = idx + 1;
+        return announce(h, t, s, *id, sess) ? INTERN_OK : INTERN_DROPPED;
+    }
+    return INTERN_FULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Records                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void emit_thread(struct rsprof_shm_header *h, uint32_t sess)
+{
+    struct rsprof_rec_thread rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.header = RSPROF_REC_HEADER(RSPROF_REC_THREAD, sizeof(rec));
+    rec.tid = my_tid();
+    if (prctl(PR_GET_NAME, (unsigned long)rec.name, 0, 0, 0) != 0)
+        rec.name[0] = 0;
+    rec.name[15] = 0;
+    if (ring_write(h, &rec, sizeof(rec), 0))
+        t_thread_tag = SESSION_TAG(sess);
+}
+
+/* The slow path of an allocation record; `fp` is the frame of the API
+ * function the allocator entry point called (skip its return address). */
+__attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, void *ptr,
+                                                   size_t size, uintptr_t fp)
+{
+    uint64_t frames[RSPROF_MAX_FRAMES];
+    int truncated = 0;
+    uint32_t depth = walk_stack(fp, 1, frames, g_max_frames, &truncated);
+    if (truncated)
+        ADD_RLX(&h->truncated, 1);
+    uint64_t ts = now_ns(CLOCK_MONOTONIC_COARSE);
+    for (;;) {
+        uint32_t sess = LOAD_ACQ(&h->session);
+        if (t_thread_tag != SESSION_TAG(sess))
+            emit_thread(h, sess);
+        uint32_t id = 0;
+        int r = intern(h, frames, depth, sess, &id);
+        if (r == INTERN_DROPPED) {
+            ADD_RLX(&h->dropped, 1);
+            return;
+        }
+        if (r == INTERN_FULL) {
+            uint64_t buf[5 + RSPROF_MAX_FRAMES];
+            struct rsprof_rec_alloc_raw *rec = (struct rsprof_rec_alloc_raw *)(void *)buf;
+            uint32_t rsize = (uint32_t)(sizeof(*rec) + 8u * depth);
+            rec->header = RSPROF_REC_HEADER(RSPROF_REC_ALLOC_RAW, rsize);
+            rec->ptr = (uint64_t)(uintptr_t)ptr;
+            rec->size = size;
+            rec->depth = depth;
+            rec->tid = my_tid();
+            rec->time_ns = ts;
+            memcpy(buf + 5, frames, 8u * depth);
+            if (ring_write(h, buf, rsize, 0))
+                ADD_RLX(&h->raw_stacks, 1);
+            return;
+        }
+        uint64_t pos;
+        if (!ring_reserve(h, sizeof(struct rsprof_rec_alloc), 0, &pos))
+            return;
+        if (LOAD_ACQ(&h->session) != sess) {
+            /* A new reader attached between the announcement and the
+             * reservation: its STACK record may predate the new session. */
+            commit_pad(pos, sizeof(struct rsprof_rec_alloc));
+            continue;
+        }
+        struct rsprof_rec_alloc rec;
+        rec.header = RSPROF_REC_HEADER(RSPROF_REC_ALLOC, sizeof(rec));
+        rec.ptr = (uint64_t)(uintptr_t)ptr;
+        rec.size = size;
+        rec.stack_id = id;
+        rec.tid = my_tid();
+        rec.time_ns = ts;
+        ring_commit(pos, &rec, sizeof(rec));
+        return;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public API                                                                */
+/* ------------------------------------------------------------------------ */
+
+__attribute__((noinline)) void rsprof_shim_record_alloc(void *ptr, size_t size)
+{
+    struct rsprof_shm_header *h = hdr();
+    if (RSPROF_LIKELY(!recording(h)))
+        return;
+    if (ptr == NULL || t_guard)
+        return;
+    t_guard = 1;
+    int saved = errno;
+    record_alloc(h, ptr, size, (uintptr_t)__builtin_frame_address(0));
+    errno = saved;
+    t_guard = 0;
+}
+
+__attribute__((noinline)) void rsprof_shim_record_free(void *ptr)
+{
+    struct rsprof_shm_header *h = hdr();
+    if (RSPROF_LIKELY(!recording(h)))
+        return;
+    if (ptr == NULL || t_guard)
+        return;
+    t_guard = 1;
+    int saved = errno;
+    struct rsprof_rec_free rec = {RSPROF_REC_HEADER(RSPROF_REC_FREE, sizeof(rec)),
+                                  (uint64_t)(uintptr_t)ptr};
+    ring_write(h, &rec, sizeof(rec), 0);
+    errno = saved;
+    t_guard = 0;
+}
+
+__attribute__((noinline)) void rsprof_shim_realloc_begin(struct rsprof_shim_realloc *r,
+                                                         void *old)
+{
+    r->armed = 0;
+    r->old = (uint64_t)(uintptr_t)old;
+    struct rsprof_shm_header *h = hdr();
+    if (RSPROF_LIKELY(!recording(h)))
+        return;
+    if (old == NULL || t_guard)
+        return;
+    t_guard = 1;
+    int saved = errno;
+    if (ring_reserve(h, sizeof(struct rsprof_rec_free), 0, &r->pos))
+        r->armed = 1;
+    errno = saved;
+    t_guard = 0;
+}
+
+__attribute__((noinline)) void rsprof_shim_realloc_end(struct rsprof_shim_realloc *r,
+                                                       void *new_ptr, size_t size,
+                                                       int old_released)
+{
+    if (r->armed) {
+        /* Always commit a reserved slot, whatever the state now: the reader
+         * stops at uncommitted records. */
+        r->armed = 0;
+        if (old_released) {
+            struct rsprof_rec_free rec = {RSPROF_REC_HEADER(RSPROF_REC_FREE, sizeof(rec)),
+                                          r->old};
+            ring_commit(r->pos, &rec, sizeof(rec));
+        } else {
+            commit_pad(r->pos, sizeof(struct rsprof_rec_free));
+        }
+    }
+    struct rsprof_shm_header *h = hdr();
+    if (RSPROF_LIKELY(!recording(h)))
+        return;
+    if (new_ptr == NULL || t_guard)
+        return;
+    t_guard = 1;
+    int saved = errno;
+    record_alloc(h, new_ptr, size, (uintptr_t)__builtin_frame_address(0));
+    errno = saved;
+    t_guard = 0;
+}
+
+int rsprof_shim_recording(void)
+{
+    return recording(hdr());
+}
+
+int rsprof_shim_write_record(const void *record, size_t size, int flags)
+{
+    struct rsprof_shm_header *h = hdr();
+    if (!recording(h))
+        return 0;
+    uint64_t word;
+    if (size < 8 || (size & 7) != 0 || size > g_ring || size > 0xffffffffu)
+        return 0;
+    memcpy(&word, record, 8);
+    if (word == 0 || RSPROF_REC_SIZE(word) != size)
+        return 0;
+    int saved = errno;
+    int ok = ring_write(h, record, (uint32_t)size, flags & RSPROF_SHIM_NOWAIT);
+    errno = saved;
+    return ok;
+}
+
+void rsprof__alloc(void *ptr, size_t size) __attribute__((alias("rsprof_shim_record_alloc")));
+void rsprof__free(void *ptr) __attribute__((alias("rsprof_shim_record_free")));
+void rsprof__realloc_begin(struct rsprof_shim_realloc *r, void *old)
+    __attribute__((alias("rsprof_shim_realloc_begin")));
+void rsprof__realloc_end(struct rsprof_shim_realloc *r, void *new_ptr, size_t size,
+                         int old_released) __attribute__((alias("rsprof_shim_realloc_end")));
+
+/* ------------------------------------------------------------------------ */
+/* Region set-up                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void publish(void *map, size_t len, struct rsprof_shm_header *h)
+{
+    g_map = map;
+    g_map_len = len;
+    g_ring = h->ring_size;
+    g_mask = g_ring - 1;
+    g_data = (uint8_t *)map + RSPROF_SHM_HEADER_BYTES;
+    uint32_t mf = h->max_frames;
+    g_max_frames = mf < RSPROF_MAX_FRAMES ? mf : RSPROF_MAX_FRAMES;
+    g_mapped = 1;
+    __atomic_store_n(&rsprof__hdr, h, __ATOMIC_RELEASE);
+}
+
+/* The region rsprof made for us: validate everything, claim it if its pid is
+ * 0 (rsprof created it before we existed), refuse it if it names another pid. */
+static void open_named(const char *env)
+{
+    char name[256];
+    size_t n = strlen(env);
+    if (n == 0 || n > 200)
+        return;
+    size_t k = 0;
+    if (env[0] != '/')
+        name[k++] = '/';
+    for (size_t i = 0; i < n; i++) {
+        if (env[i] == '/' && (i != 0 || k != 0))
+            return; /* a name under /dev/shm only */
+        name[k++] = env[i];
+    }
+    name[k] = 0;
+    if (k < 2)
+        return;
+    int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size < (off_t)(RSPROF_SHM_HEADER_BYTES + 4096) ||
+        (uint64_t)st.st_size > (1ull << 40)) {
+        close(fd);
+        return;
+    }
+    size_t len = (size_t)st.st_size;
+    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return;
+    struct rsprof_shm_header *h = map;
+    uint64_t ring = h->ring_size;
+    uint32_t pid = (uint32_t)getpid();
+    uint32_t owner = 0;
+    int ok = LOAD_ACQ(&h->magic) == RSPROF_SHM_MAGIC && h->version == RSPROF_SHM_VERSION &&
+             h->header_bytes == RSPROF_SHM_HEADER_BYTES && ring >= 4096 &&
+             (ring & (ring - 1)) == 0 && ring <= len - RSPROF_SHM_HEADER_BYTES &&
+             (__atomic_compare_exchange_n(&h->pid, &owner, pid, 0, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE) ||
+              owner == pid);
+    if (!ok) {
+        munmap(map, len);
+        return;
+    }
+    publish(map, len, h);
+}
+
+static void hex64(char *out, uint64_t v)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        out[i] = digits[v & 15];
+        v >>= 4;
+    }
+}
+
+static char *put_uint(char *p, uint64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static int pid_dead(uint32_t pid)
+{
+    return pid != 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+/* Regions nobody will unlink: a process that exec()s or leaves through _exit()
+ * (dash does) never runs its destructors. Before creating ours, remove
+ *   - rsprof-<our pid>-* regions whose header names our pid: an earlier image
+ *     of this process, so `rsprof -p` finds only ours;
+ *   - rsprof-* regions whose writer (header pid, or the pid in the name when
+ *     the header has none) and reader are both dead, as rsprof itself does.
+ * Regions of other users cannot be opened (mode 0600) and are left alone. */
+static void sweep_regions(pid_t self)
+{
+    char mine[48], *p = mine;
+    memcpy(p, RSPROF_SHM_NAME_PREFIX, sizeof(RSPROF_SHM_NAME_PREFIX) - 1);
+    p += sizeof(RSPROF_SHM_NAME_PREFIX) - 1;
+    p = put_uint(p, (uint64_t)self);
+    *p++ = '-';
+    *p = 0;
+    size_t mlen = (size_t)(p - mine);
+    const size_t plen = sizeof(RSPROF_SHM_NAME_PREFIX) - 1;
+    DIR *dir = opendir("/dev/shm");
+    if (dir == NULL)
+        return;
+    struct dirent *de;
+    for (unsigned seen = 0; seen < 256 && (de = readdir(dir)) != NULL;) {
+        if (strncmp(de->d_name, RSPROF_SHM_NAME_PREFIX, plen) != 0 || strlen(de->d_name) > 80)
+            continue;
+        seen++;
+        uint32_t name_pid = 0;
+        for (const char *c = de->d_name + plen; *c >= '0' && *c <= '9'; c++)
+            name_pid = name_pid * 10 + (uint32_t)(*c - '0');
+        char name[96];
+        name[0] = '/';
+        strcpy(name + 1, de->d_name);
+        int fd = shm_open(name, O_RDONLY, 0);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        void *map = MAP_FAILED;
+        if (fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(struct rsprof_shm_header))
+            map = mmap(NULL, sizeof(struct rsprof_shm_header), PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (map == MAP_FAILED)
+            continue;
+        const struct rsprof_shm_header *h = map;
+        int valid = LOAD_ACQ(&h->magic) == RSPROF_SHM_MAGIC;
+        uint32_t owner = LOAD_ACQ(&h->pid);
+        uint32_t reader = LOAD_ACQ(&h->reader_pid);
+        munmap(map, sizeof(struct rsprof_shm_header));
+        if (!valid)
+            continue;
+        int earlier_image = strncmp(de->d_name, mine, mlen) == 0 && owner == (uint32_t)self;
+        int abandoned = pid_dead(owner ? owner : name_pid) && (reader == 0 || pid_dead(reader));
+        if (earlier_image || abandoned)
+            shm_unlink(name);
+    }
+    closedir(dir);
+}
+
+/* No reader yet: a private IDLE region a reader may attach to later. */
+static void create_private(void)
+{
+    uint64_t rnd = 0;
+    if (syscall(SYS_getrandom, &rnd, sizeof(rnd), 1 /* GRND_NONBLOCK */) != (long)sizeof(rnd))
+        rnd = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)(uintptr_t)&rnd << 16) ^
+              (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
+    pid_t pid = getpid();
+    sweep_regions(pid);
+    char *p = g_name;
+    *p++ = '/';
+    memcpy(p, RSPROF_SHM_NAME_PREFIX, sizeof(RSPROF_SHM_NAME_PREFIX) - 1);
+    p += sizeof(RSPROF_SHM_NAME_PREFIX) - 1;
+    p = put_uint(p, (uint64_t)pid);
+    *p++ = '-';
+    hex64(p, rnd);
+    p[16] = 0;
+    int fd = shm_open(g_name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0)
+        return;
+    size_t len = RSPROF_SHM_HEADER_BYTES + RSPROF_SHM_DEFAULT_RING;
+    void *map = MAP_FAILED;
+    if (ftruncate(fd, (off_t)len) == 0)
+        map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        shm_unlink(g_name);
+        return;
+    }
+    struct rsprof_shm_header *h = map;
+    h->version = RSPROF_SHM_VERSION;
+    h->header_bytes = RSPROF_SHM_HEADER_BYTES;
+    h->ring_size = RSPROF_SHM_DEFAULT_RING;
+    h->pid = (uint32_t)pid;
+    h->max_frames = RSPROF_MAX_FRAMES;
+    h->state = RSPROF_STATE_IDLE;
+    STORE_REL(&h->magic, RSPROF_SHM_MAGIC);
+    g_created = 1;
+    g_owner = pid;
+    publish(map, len, h);
+}
+
+static void atfork_child(void)
+{
+    /* The child must never write into the parent's ring: switch to the IDLE
+     * dummy and replace the shared mapping by private memory (a hook that was
+     * interrupted mid-record then writes into memory nobody reads). */
+    __atomic_store_n(&rsprof__hdr, &g_dummy, __ATOMIC_RELEASE);
+    if (g_map != NULL)
+        mmap(g_map, g_map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+             -1, 0);
+    g_created = 0;
+    t_tid = 0;
+}
+
+int rsprof_shim_init(void)
+{
+    int st = LOAD_ACQ(&g_init);
+    if (st == 2)
+        return g_mapped;
+    st = 0;
+    if (!__atomic_compare_exchange_n(&g_init, &st, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return 0; /* another thread is initializing: not recording yet */
+    int saved_guard = t_guard;
+    t_guard = 1;
+    int saved = errno;
+    const char *limit = getenv("RSPROF_SHIM_MAX_STACKS"); /* for tests: a small table */
+    if (limit != NULL) {
+        unsigned long v = strtoul(limit, NULL, 10);
+        if (v < g_table_limit)
+            g_table_limit = (uint32_t)v;
+    }
+    const char *env = getenv(RSPROF_SHM_ENV);
+    if (env != NULL && env[0] != 0) {
+        char copy[256];
+        size_t n = strnlen(env, sizeof(copy) - 1);
+        memcpy(copy, env, n);
+        copy[n] = 0;
+        /* Children we exec must never map our region. */
+        unsetenv(RSPROF_SHM_ENV);
+        open_named(copy);
+    } else {
+        if (env != NULL)
+            unsetenv(RSPROF_SHM_ENV);
+        create_private();
+    }
+    if (g_mapped)
+        pthread_atfork(NULL, NULL, atfork_child);
+    errno = saved;
+    t_guard = saved_guard;
+    STORE_REL(&g_init, 2);
+    return g_mapped;
+}
+
+int rsprof__init(void) __attribute__((alias("rsprof_shim_init")));
+
+__attribute__((constructor(102))) static void shim_constructor(void)
+{
+    rsprof_shim_init();
+}
+
+__attribute__((destructor)) static void shim_destructor(void)
+{
+    /* Only the name goes: the mapping stays valid for hooks that still run
+     * (other destructors, other threads). */
+    if (g_created && getpid() == g_owner) {
+        int saved = errno;
+        shm_unlink(g_name);
+        g_created = 0;
+        errno = saved;
+    }
+}

@@ -1,0 +1,146 @@
+/* rsprof_shm.h: the one definition of the shared-memory ring between the
+ * shim inside a target process (writer) and rsprof (reader).
+ *
+ * Region layout: a header page (struct rsprof_shm_header, padded to
+ * RSPROF_SHM_HEADER_BYTES), then `ring_size` bytes of ring data (a power of
+ * two). Positions (reserve, committed records, tail) are byte counts that only
+ * grow; the byte at position p lives at data[p & (ring_size - 1)]. Records may
+ * wrap around the end of the data area.
+ *
+ * Writing (many threads): reserve `size` bytes with a CAS on `reserve` (only
+ * when `reserve + size - tail <= ring_size`), write the record body, then store
+ * its first 8 bytes (the record header word, never 0) with release order: that
+ * store commits the record. Reading (one reader): at position `tail`, load the
+ * header word with acquire; 0 means "not committed yet" (stop there). After
+ * consuming records the reader zeroes their bytes and then advances `tail`
+ * with release, so a later lap sees 0 in uncommitted slots.
+ *
+ * Everything here is untrusted input to the reader: it validates magic,
+ * version, sizes and every record length.
+ */
+#ifndef RSPROF_SHM_H
+#define RSPROF_SHM_H
+
+#include <stdint.h>
+
+#define RSPROF_SHM_MAGIC 0x314d4853464f5250ULL /* "PROFSHM1" little-endian */
+#define RSPROF_SHM_VERSION 1u
+#define RSPROF_SHM_HEADER_BYTES 4096u
+#define RSPROF_SHM_NAME_PREFIX "rsprof-" /* /dev/shm/rsprof-<pid>-<16 hex> */
+#define RSPROF_SHM_ENV "RSPROF_SHM"      /* set by `rsprof run`: the region to use */
+#define RSPROF_SHM_DEFAULT_RING (16u << 20)
+#define RSPROF_MAX_FRAMES 64u            /* deepest stack a heap record carries */
+
+/* header.state */
+#define RSPROF_STATE_IDLE 0u      /* no reader: hooks record nothing */
+#define RSPROF_STATE_RECORDING 1u /* a live reader: hooks record (and may wait for space) */
+#define RSPROF_STATE_STOPPED 2u   /* the reader stopped answering: hooks record nothing */
+
+/* A writer waits at most this long without a reader heartbeat before it
+ * gives up and sets RSPROF_STATE_STOPPED. */
+#define RSPROF_READER_TIMEOUT_NS 1000000000ull
+
+/* Record types: the header word is (type << 32) | total record size in bytes
+ * (a multiple of 8, at least 8). */
+#define RSPROF_REC_PAD 1u       /* skip: size bytes of nothing */
+#define RSPROF_REC_STACK 2u     /* a new interned stack */
+#define RSPROF_REC_ALLOC 3u     /* an allocation with an interned stack */
+#define RSPROF_REC_FREE 4u      /* a free */
+#define RSPROF_REC_ALLOC_RAW 5u /* an allocation carrying its stack (intern table full) */
+#define RSPROF_REC_SAMPLE 6u    /* a CPU sample taken by the SIGPROF self-sampler */
+#define RSPROF_REC_THREAD 7u    /* a thread name (tid, comm) */
+
+#define RSPROF_REC_HEADER(type, size) (((uint64_t)(type) << 32) | (uint64_t)(uint32_t)(size))
+#define RSPROF_REC_TYPE(word) ((uint32_t)((word) >> 32))
+#define RSPROF_REC_SIZE(word) ((uint32_t)(word))
+
+struct rsprof_shm_header {
+    uint64_t magic;          /* RSPROF_SHM_MAGIC */
+    uint32_t version;        /* RSPROF_SHM_VERSION */
+    uint32_t header_bytes;   /* RSPROF_SHM_HEADER_BYTES */
+    uint64_t ring_size;      /* bytes of ring data after the header, a power of two */
+    uint32_t pid;            /* the target process that writes */
+    uint32_t max_frames;     /* RSPROF_MAX_FRAMES */
+    /* writer side */
+    uint64_t reserve;        /* atomic: bytes reserved by writers so far */
+    uint64_t dropped;        /* atomic: records not written (signal handler, full, stopped) */
+    uint64_t waits;          /* atomic: times a writer waited for ring space */
+    uint64_t interned;       /* atomic: stacks interned by the shim */
+    uint64_t raw_stacks;     /* atomic: allocations written with raw stacks (table full) */
+    uint64_t truncated;      /* atomic: stacks cut at RSPROF_MAX_FRAMES */
+    /* reader side */
+    uint64_t tail;           /* atomic: bytes consumed by the reader */
+    uint64_t heartbeat_ns;   /* atomic: CLOCK_MONOTONIC of the reader's last drain */
+    uint32_t reader_pid;     /* atomic: the reader's pid, 0 when none */
+    uint32_t state;          /* atomic: RSPROF_STATE_* */
+    uint32_t session;        /* atomic: bumped by each attaching reader */
+    uint32_t reserved0;
+};
+
+/* RSPROF_REC_STACK: header, id, depth, frames[depth] (return addresses as walked) */
+struct rsprof_rec_stack {
+    uint64_t header;
+    uint32_t stack_id;
+    uint32_t depth;
+    /* uint64_t frames[depth] follow */
+};
+
+/* RSPROF_REC_ALLOC */
+struct rsprof_rec_alloc {
+    uint64_t header;
+    uint64_t ptr;
+    uint64_t size;
+    uint32_t stack_id;
+    uint32_t tid;
+    uint64_t time_ns;        /* CLOCK_MONOTONIC, coarse */
+};
+
+/* RSPROF_REC_FREE */
+struct rsprof_rec_free {
+    uint64_t header;
+    uint64_t ptr;
+};
+
+/* RSPROF_REC_ALLOC_RAW: as ALLOC, then depth and the frames */
+struct rsprof_rec_alloc_raw {
+    uint64_t header;
+    uint64_t ptr;
+    uint64_t size;
+    uint32_t depth;
+    uint32_t tid;
+    uint64_t time_ns;
+    /* uint64_t frames[depth] follow */
+};
+
+/* RSPROF_REC_SAMPLE: a CPU sample (frames[0] is the interrupted IP) */
+struct rsprof_rec_sample {
+    uint64_t header;
+    uint32_t tid;
+    uint32_t depth;
+    uint64_t time_ns;
+    /* uint64_t frames[depth] follow */
+};
+
+/* RSPROF_REC_THREAD */
+struct rsprof_rec_thread {
+    uint64_t header;
+    uint32_t tid;
+    uint32_t reserved;
+    char name[16];
+};
+
+_Static_assert(sizeof(struct rsprof_shm_header) == 112, "shm header layout");
+_Static_assert(sizeof(struct rsprof_shm_header) <= RSPROF_SHM_HEADER_BYTES, "header fits");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserve) == 32, "reserve offset");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, tail) == 80, "tail offset");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, heartbeat_ns) == 88, "heartbeat");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, state) == 100, "state offset");
+_Static_assert(sizeof(struct rsprof_rec_stack) == 16, "stack record");
+_Static_assert(sizeof(struct rsprof_rec_alloc) == 40, "alloc record");
+_Static_assert(sizeof(struct rsprof_rec_free) == 16, "free record");
+_Static_assert(sizeof(struct rsprof_rec_alloc_raw) == 40, "raw alloc record");
+_Static_assert(sizeof(struct rsprof_rec_sample) == 24, "sample record");
+_Static_assert(sizeof(struct rsprof_rec_thread) == 32, "thread record");
+_Static_assert((RSPROF_SHM_DEFAULT_RING & (RSPROF_SHM_DEFAULT_RING - 1)) == 0, "ring pow2");
+
+#endif /* RSPROF_SHM_H */

@@ -1,0 +1,91 @@
+"""`rsprof run -- CMD`: launch a program with the heap shim preloaded; CPU + heap."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from rsprof.commands.record import MAX_FREQ, MIN_FREQ, default_output
+from rsprof.duration import parse_duration
+from rsprof.errors import RsprofError, UsageError
+from rsprof.recording.heap_region import create_region, remove_stale_regions
+from rsprof.recording.process import ProcessInfo
+from rsprof.recording.recorder import Recorder, RecordOptions
+from rsprof.shim import shim_path
+
+SHM_ENV = "RSPROF_SHM"
+
+
+def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
+                       timeout: float = 2.0) -> None:
+    """Wait until the dynamic loader has mapped the shim (and so the initial libraries),
+    so the first read of the maps sees them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                if library in fh.read():
+                    return
+        except OSError:
+            return
+        time.sleep(0.001)
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True,
+                                        "allow_interspersed_args": False})
+@click.option("-o", "--output", metavar="FILE",
+              help="Profile file (default: rsprof-<program>-<time>.db here).")
+@click.option("-d", "--duration", metavar="DURATION",
+              help="Stop recording after this long; the program keeps running.")
+@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION",
+              help="Aggregation and commit interval.")
+@click.option("--cpu-freq", default=99, show_default=True, type=int,
+              help="CPU sampling frequency in Hz (1..10000).")
+@click.option("-q", "--quiet", is_flag=True, help="No interactive display.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
+                quiet: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the heap shim preloaded and record CPU and heap until it exits.
+
+    \b
+      rsprof run -o heap.db -- ./target/release/your_app --its-args
+    Every allocation and free is recorded exactly (LD_PRELOAD of rsprof's
+    shim); CPU is sampled with perf events. The program's exit ends the
+    recording and its exit code is reported. Programs it exec()s are not
+    recorded.
+    """
+    if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
+        raise UsageError(f"--cpu-freq must be between {MIN_FREQ} and {MAX_FREQ} Hz")
+    duration_s = parse_duration(duration, "duration") if duration is not None else None
+    interval_s = parse_duration(interval, "interval")
+    program = shutil.which(command[0])
+    if program is None:
+        raise UsageError(f"cannot run {command[0]!r}: no such program")
+    out = Path(output) if output else default_output(os.path.basename(program))
+    if out.exists():
+        raise UsageError(f"{out} already exists")
+    shim = str(shim_path())
+    remove_stale_regions()
+    region = create_region()
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
+    env[SHM_ENV] = region.name
+    try:
+        try:
+            child = subprocess.Popen([program, *command[1:]], env=env)
+        except OSError as exc:
+            raise RsprofError(f"cannot run {command[0]}: {exc.strerror}") from None
+        _wait_until_loaded(child.pid, shim, child)
+        target = ProcessInfo(child.pid, os.path.basename(program)[:15], " ".join(command),
+                             program)
+        options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
+                                cpu_freq=cpu_freq, quiet=True)
+        # If recording stops first (-d or a signal), the program runs on unrecorded.
+        Recorder(target, options, heap=region, child=child).run()
+    finally:
+        region.unlink()

@@ -1,0 +1,201 @@
+"""_ring.HeapDecoder and _ring.ShmRing on synthetic records and regions."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import tempfile
+
+from rsprof import _ring, _unwind
+from tests.unit.heap_records import alloc, alloc_raw, free, pad, stack, thread
+
+A = [0x555500001005, 0x555500002009]  # return addresses of site A
+B = [0x555500003011, 0x555500002009]
+
+
+def decoder() -> tuple[_ring.HeapDecoder, _unwind.StackTable]:
+    table = _unwind.StackTable()
+    return _ring.HeapDecoder(table), table
+
+
+def sites(dec: _ring.HeapDecoder) -> dict[int, tuple[int, ...]]:
+    return {row[0]: row[1:] for row in dec.take_changed()}
+
+
+def test_exact_accounting_per_site() -> None:
+    dec, table = decoder()
+    stream = (stack(0, A) + stack(1, B)
+              + alloc(0x1000, 100, 0) + alloc(0x2000, 50, 0) + alloc(0x3000, 7, 1)
+              + free(0x1000) + free(0x3000) + alloc(0x1000, 30, 1) + pad(24))
+    assert dec.feed_bytes(stream) == len(stream)
+    got = sites(dec)
+    new = dict(table.take_new())
+    # Stacks are stored as lookup addresses: return address minus one.
+    assert new == {0: [a - 1 for a in A], 1: [b - 1 for b in B]}
+    # (allocs, alloc_bytes, frees, free_bytes, live_bytes, peak_live_bytes)
+    assert got[0] == (2, 150, 1, 100, 50, 150)
+    assert got[1] == (2, 37, 1, 7, 30, 30)
+    assert dec.total_live_bytes == 80
+    assert dec.peak_total_live_bytes == 157
+    assert dec.live_allocations == 2
+    assert dec.unknown_frees == 0 and dec.malformed == 0
+    assert dec.take_changed() == []  # only changes since the last call
+    dec.feed_bytes(free(0x2000))
+    assert sites(dec) == {0: (2, 150, 2, 150, 0, 150)}
+
+
+def test_free_of_a_block_from_before_recording_is_counted_apart() -> None:
+    dec, _ = decoder()
+    dec.feed_bytes(stack(0, A) + free(0xDEAD0) + alloc(0x10, 8, 0))
+    assert dec.unknown_frees == 1
+    assert sites(dec) == {0: (1, 8, 0, 0, 8, 8)}
+
+
+def test_alloc_of_a_live_pointer_settles_the_missed_free() -> None:
+    dec, _ = decoder()
+    dec.feed_bytes(stack(0, A) + alloc(0x10, 8, 0) + alloc(0x10, 16, 0))
+    assert dec.replaced_live == 1
+    assert sites(dec) == {0: (2, 24, 1, 8, 16, 16)}
+
+
+def test_raw_stack_allocations_and_unknown_stack_ids() -> None:
+    dec, table = decoder()
+    dec.feed_bytes(alloc_raw(0x10, 8, A) + stack(0, A) + alloc(0x20, 4, 0) + alloc(0x30, 2, 9))
+    got = sites(dec)
+    ids = dict(table.take_new())
+    site_a = next(k for k, v in ids.items() if v == [a - 1 for a in A])
+    assert got[site_a] == (2, 12, 0, 0, 12, 12)
+    assert dec.unknown_stack_allocs == 1
+    empty = next(k for k, v in ids.items() if v == [])
+    assert got[empty] == (1, 2, 0, 0, 2, 2)
+
+
+def test_thread_names() -> None:
+    dec, _ = decoder()
+    dec.feed_bytes(thread(42, "worker-1"))
+    assert dec.take_threads() == [(42, "worker-1")]
+
+
+def test_many_allocations_and_frees_stay_exact() -> None:
+    rng = random.Random(3)
+    dec, _ = decoder()
+    live: dict[int, tuple[int, int]] = {}
+    expected_live = {0: 0, 1: 0}
+    chunks = [stack(0, A), stack(1, B)]
+    next_ptr = 0x10000
+    for _ in range(50000):
+        if live and rng.random() < 0.45:
+            ptr = rng.choice(list(live)) if len(live) < 64 else next(iter(live))
+            size, site = live.pop(ptr)
+            expected_live[site] -= size
+            chunks.append(free(ptr))
+        else:
+            size, site = rng.randint(0, 4096), rng.randint(0, 1)
+            live[next_ptr] = (size, site)
+            expected_live[site] += size
+            chunks.append(alloc(next_ptr, size, site))
+            next_ptr += 16
+    dec.feed_bytes(b"".join(chunks))
+    got = sites(dec)
+    assert got[0][4] == expected_live[0] and got[1][4] == expected_live[1]
+    assert dec.live_allocations == len(live)
+
+
+def test_malformed_records_are_counted() -> None:
+    dec, _ = decoder()
+    bad_alloc = struct.pack("<Q", (_ring.REC_ALLOC << 32) | 48) + bytes(40)
+    too_deep = struct.pack("<QII", (_ring.REC_STACK << 32) | 16, 0, 5000)
+    unknown = struct.pack("<Q", (77 << 32) | 16) + bytes(8)
+    dec.feed_bytes(bad_alloc + too_deep + unknown)
+    assert dec.malformed == 3
+
+
+def _region(ring_size: int = 1 << 16) -> tuple[int, int]:
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    length = _ring.init_region(fd, ring_size, os.getpid(), _ring.STATE_IDLE)
+    return fd, length
+
+
+def _write(fd: int, pos: int, data: bytes, ring_size: int) -> None:
+    for i, b in enumerate(data):
+        os.pwrite(fd, bytes([b]), _ring.SHM_HEADER_BYTES + (pos + i) % ring_size)
+
+
+RESERVE_OFFSET, TAIL_OFFSET = 32, 80
+
+
+def test_ring_drain_wraps_and_zeroes_what_it_read() -> None:
+    ring_size = 4096
+    fd, length = _region(ring_size)
+    ring = _ring.ShmRing(fd, length)
+    ring.attach(os.getpid())
+    assert ring.state == _ring.STATE_RECORDING and ring.reader_pid == os.getpid()
+    start = 4096 * 3 + 4000  # so the stream wraps around the end of the ring
+    stream = stack(0, A) + alloc(0x10, 8, 0) + free(0x10)
+    os.pwrite(fd, struct.pack("<Q", start), TAIL_OFFSET)
+    _write(fd, start, stream, ring_size)
+    os.pwrite(fd, struct.pack("<Q", start + len(stream)), RESERVE_OFFSET)
+    dec, _ = decoder()
+    assert ring.drain(dec) == len(stream)
+    assert sites(dec) == {0: (1, 8, 1, 8, 0, 8)}
+    data = os.pread(fd, ring_size, _ring.SHM_HEADER_BYTES)
+    assert data == bytes(ring_size)  # consumed records are zeroed for the next lap
+    assert struct.unpack("<Q", os.pread(fd, 8, TAIL_OFFSET))[0] == start + len(stream)
+    ring.detach()
+    assert ring.state == _ring.STATE_IDLE
+    os.close(fd)
+
+
+def test_uncommitted_record_stops_the_drain() -> None:
+    fd, length = _region()
+    ring = _ring.ShmRing(fd, length)
+    stream = stack(0, A) + alloc(0x10, 8, 0)
+    _write(fd, 0, stream, 1 << 16)
+    os.pwrite(fd, struct.pack("<Q", len(stream) + 16), RESERVE_OFFSET)  # 16 bytes reserved
+    dec, _ = decoder()
+    assert ring.drain(dec) == len(stream)
+    assert ring.drain(dec) == 0
+    os.close(fd)
+
+
+def test_bad_regions_are_refused() -> None:
+    fd, length = _region()
+    os.pwrite(fd, b"XXXXXXXX", 0)
+    try:
+        _ring.ShmRing(fd, length)
+    except ValueError as exc:
+        assert "magic" in str(exc)
+    else:
+        raise AssertionError("bad magic accepted")
+    os.close(fd)
+    fd, length = _region()
+    os.pwrite(fd, struct.pack("<I", 99), 8)
+    try:
+        _ring.ShmRing(fd, length)
+    except ValueError as exc:
+        assert "version" in str(exc)
+    else:
+        raise AssertionError("bad version accepted")
+    os.close(fd)
+
+
+def test_random_region_contents_never_crash_or_hang() -> None:
+    rng = random.Random(11)
+    ring_size = 4096
+    for _ in range(300):
+        fd, length = _region(ring_size)
+        ring = _ring.ShmRing(fd, length)
+        body = bytes(rng.getrandbits(8) for _ in range(ring_size))
+        if rng.random() < 0.5:  # plausible headers among the noise
+            records = stack(0, A) + alloc(0x10, 8, 0) + free(0x20)
+            body = records + body[len(records):]
+        os.pwrite(fd, body, _ring.SHM_HEADER_BYTES)
+        os.pwrite(fd, struct.pack("<QQ", rng.getrandbits(64) & ~7, 0), RESERVE_OFFSET)
+        os.pwrite(fd, struct.pack("<Q", rng.choice([0, rng.getrandbits(64) & ~7])), TAIL_OFFSET)
+        dec, _ = decoder()
+        for _ in range(3):
+            ring.drain(dec)
+        ring.close()
+        os.close(fd)
