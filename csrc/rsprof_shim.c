@@ -289,7 +289,12 @@ walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *trunca
     uint32_t n = 0;
     uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
     for (unsigned steps = 0; steps < RSPROF_MAX_FRAMES + 16; steps++) {
-        if ((fp & 7) != 0 || !stack_readable(sp, fp, 16))
+        if ((fp & 7) != 0)
+            break;
+        /* Fast path: inside the range already proven readable. */
+        if (!(t_stack_state == 1 && fp >= sp && fp >= t_stack_lo && fp + 16 <= t_stack_hi &&
+              sp >= t_stack_lo) &&
+            !stack_readable(sp, fp, 16))
             break;
         const uintptr_t *rec = (const uintptr_t *)fp;
         uintptr_t next = rec[0];
@@ -499,6 +504,38 @@ static void emit_thread(struct rsprof_shm_header *h, uint32_t sess)
         t_thread_tag = SESSION_TAG(sess);
 }
 
+/* Per-thread cache of the last interned stack (allocation sites repeat):
+ * a hit skips hashing and the table probe. Small, so it fits the static TLS. */
+#define LAST_STACK_FRAMES 16u
+static RSPROF_IE_TLS uint32_t t_last_depth;
+static RSPROF_IE_TLS uint32_t t_last_id;
+static RSPROF_IE_TLS uint64_t t_last_tag; /* SESSION_TAG of the session it was announced in */
+static RSPROF_IE_TLS uint64_t t_last_frames[LAST_STACK_FRAMES];
+
+static inline int last_stack_matches(const uint64_t *frames, uint32_t depth, uint32_t sess)
+{
+    if (t_last_id == 0 || depth != t_last_depth || t_last_tag != SESSION_TAG(sess))
+        return 0;
+    for (uint32_t i = 0; i < depth; i++)
+        if (t_last_frames[i] != frames[i])
+            return 0;
+    return 1;
+}
+
+static inline void remember_last_stack(const uint64_t *frames, uint32_t depth, uint32_t sess,
+                                       uint32_t id)
+{
+    if (depth > LAST_STACK_FRAMES) {
+        t_last_id = 0;
+        return;
+    }
+    for (uint32_t i = 0; i < depth; i++)
+        t_last_frames[i] = frames[i];
+    t_last_depth = depth;
+    t_last_tag = SESSION_TAG(sess);
+    t_last_id = id;
+}
+
 /* The slow path of an allocation record; `fp` is the frame of the API
  * function the allocator entry point called (skip its return address). */
 __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, void *ptr,
@@ -515,7 +552,15 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
         if (t_thread_tag != SESSION_TAG(sess))
             emit_thread(h, sess);
         uint32_t id = 0;
-        int r = intern(h, frames, depth, sess, &id);
+        int r;
+        if (last_stack_matches(frames, depth, sess)) {
+            id = t_last_id; /* the same call site as last time: no table probe */
+            r = INTERN_OK;
+        } else {
+            r = intern(h, frames, depth, sess, &id);
+            if (r == INTERN_OK)
+                remember_last_stack(frames, depth, sess, id);
+        }
         if (r == INTERN_DROPPED) {
             ADD_RLX(&h->dropped, 1);
             return;

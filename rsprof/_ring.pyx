@@ -93,7 +93,7 @@ def set_output(int fd, int target_fd) -> None:
         raise OSError(-rc, os.strerror(-rc))
 
 
-cdef inline uint64_t _mix(uint64_t a, uint64_t b) nogil:
+cdef inline uint64_t _mix(uint64_t a, uint64_t b) noexcept nogil:
     cdef uint64_t h = a * 0x9e3779b97f4a7c15ULL ^ (b + 0x632be59bd9b4e019ULL)
     h ^= h >> 31
     h *= 0xbf58476d1ce4e5b9ULL
@@ -904,7 +904,7 @@ cdef class HeapDecoder:
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size,
                      uint32_t max_frames) except -1:
-        cdef uint32_t shim_id, depth, tid
+        cdef uint32_t shim_id, depth, tid, n
         cdef uint64_t ptr, nbytes
         cdef int64_t sid
         cdef void* p
@@ -1006,7 +1006,7 @@ cdef class HeapDecoder:
             memcpy(&word, &data[pos], 8)
             if word == 0:
                 break
-            rsize = <uint32_t>(word & 0xffffffff)
+            rsize = <uint32_t>word
             if rsize < 8 or rsize % 8 or rsize > n - pos or rsize > SHM_MAX_RECORD:
                 self.malformed += 1
                 break
@@ -1130,7 +1130,7 @@ cdef class ShmRing:
             word = rsprof_load_acquire_u64(<uint64_t*>(self.data + off))
             if word == 0:
                 break  # reserved but not committed yet
-            rsize = <uint32_t>(word & 0xffffffff)
+            rsize = <uint32_t>word
             rtype = <uint32_t>(word >> 32)
             if rsize < 8 or (rsize & 7) != 0 or rsize > reserve - tail or rsize > SHM_MAX_RECORD:
                 self.malformed += 1

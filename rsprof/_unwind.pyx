@@ -13,7 +13,7 @@ from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcmp, memcpy
 
 
-cdef inline uint64_t _hash_frames(const uint64_t* frames, uint32_t n) nogil:
+cdef inline uint64_t _hash_frames(const uint64_t* frames, uint32_t n) noexcept nogil:
     # FNV-1a over 64-bit words with a final avalanche (splitmix64 finalizer).
     cdef uint64_t h = 0xcbf29ce484222325ULL ^ n
     cdef uint32_t i
