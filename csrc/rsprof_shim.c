@@ -546,7 +546,6 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
     uint32_t depth = walk_stack(fp, 1, frames, g_max_frames, &truncated);
     if (truncated)
         ADD_RLX(&h->truncated, 1);
-    uint64_t ts = now_ns(CLOCK_MONOTONIC_COARSE);
     for (;;) {
         uint32_t sess = LOAD_ACQ(&h->session);
         if (t_thread_tag != SESSION_TAG(sess))
@@ -566,37 +565,46 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
             return;
         }
         if (r == INTERN_FULL) {
-            uint64_t buf[5 + RSPROF_MAX_FRAMES];
+            uint64_t buf[4 + RSPROF_MAX_FRAMES];
             struct rsprof_rec_alloc_raw *rec = (struct rsprof_rec_alloc_raw *)(void *)buf;
             uint32_t rsize = (uint32_t)(sizeof(*rec) + 8u * depth);
             rec->header = RSPROF_REC_HEADER(RSPROF_REC_ALLOC_RAW, rsize);
             rec->ptr = (uint64_t)(uintptr_t)ptr;
             rec->size = size;
             rec->depth = depth;
-            rec->tid = my_tid();
-            rec->time_ns = ts;
-            memcpy(buf + 5, frames, 8u * depth);
+            rec->reserved = 0;
+            memcpy(buf + 4, frames, 8u * depth);
             if (ring_write(h, buf, rsize, 0))
                 ADD_RLX(&h->raw_stacks, 1);
             return;
         }
+        /* The compact 16-byte record, or the 32-byte one for huge sizes. */
+        int big = (uint64_t)size > RSPROF_ALLOC_MAX_SIZE || id > RSPROF_ALLOC_MAX_STACK;
+        uint32_t rsize = big ? (uint32_t)sizeof(struct rsprof_rec_alloc_big)
+                             : (uint32_t)sizeof(struct rsprof_rec_alloc);
         uint64_t pos;
-        if (!ring_reserve(h, sizeof(struct rsprof_rec_alloc), 0, &pos))
+        if (!ring_reserve(h, rsize, 0, &pos))
             return;
         if (LOAD_ACQ(&h->session) != sess) {
             /* A new reader attached between the announcement and the
              * reservation: its STACK record may predate the new session. */
-            commit_pad(pos, sizeof(struct rsprof_rec_alloc));
+            commit_pad(pos, rsize);
             continue;
         }
-        struct rsprof_rec_alloc rec;
-        rec.header = RSPROF_REC_HEADER(RSPROF_REC_ALLOC, sizeof(rec));
-        rec.ptr = (uint64_t)(uintptr_t)ptr;
-        rec.size = size;
-        rec.stack_id = id;
-        rec.tid = my_tid();
-        rec.time_ns = ts;
-        ring_commit(pos, &rec, sizeof(rec));
+        if (big) {
+            struct rsprof_rec_alloc_big rec;
+            rec.header = RSPROF_REC_HEADER(RSPROF_REC_ALLOC_BIG, sizeof(rec));
+            rec.stack_id = id;
+            rec.reserved = 0;
+            rec.ptr = (uint64_t)(uintptr_t)ptr;
+            rec.size = size;
+            ring_commit(pos, &rec, sizeof(rec));
+        } else {
+            struct rsprof_rec_alloc rec;
+            rec.header = RSPROF_ALLOC_WORD(id, size);
+            rec.ptr = (uint64_t)(uintptr_t)ptr;
+            ring_commit(pos, &rec, sizeof(rec));
+        }
         return;
     }
 }
@@ -628,8 +636,7 @@ __attribute__((noinline)) void rsprof_shim_record_free(void *ptr)
         return;
     t_guard = 1;
     int saved = errno;
-    struct rsprof_rec_free rec = {RSPROF_REC_HEADER(RSPROF_REC_FREE, sizeof(rec)),
-                                  (uint64_t)(uintptr_t)ptr};
+    struct rsprof_rec_free rec = {RSPROF_FREE_WORD((uintptr_t)ptr)};
     ring_write(h, &rec, sizeof(rec), 0);
     errno = saved;
     t_guard = 0;
@@ -662,8 +669,7 @@ __attribute__((noinline)) void rsprof_shim_realloc_end(struct rsprof_shim_reallo
          * stops at uncommitted records. */
         r->armed = 0;
         if (old_released) {
-            struct rsprof_rec_free rec = {RSPROF_REC_HEADER(RSPROF_REC_FREE, sizeof(rec)),
-                                          r->old};
+            struct rsprof_rec_free rec = {RSPROF_FREE_WORD(r->old)};
             ring_commit(r->pos, &rec, sizeof(rec));
         } else {
             commit_pad(r->pos, sizeof(struct rsprof_rec_free));
@@ -695,7 +701,7 @@ int rsprof_shim_write_record(const void *record, size_t size, int flags)
     if (size < 8 || (size & 7) != 0 || size > g_ring || size > 0xffffffffu)
         return 0;
     memcpy(&word, record, 8);
-    if (word == 0 || RSPROF_REC_SIZE(word) != size)
+    if (word == 0 || rsprof_rec_size(word) != size)
         return 0;
     int saved = errno;
     int ok = ring_write(h, record, (uint32_t)size, flags & RSPROF_SHIM_NOWAIT);

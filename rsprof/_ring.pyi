@@ -107,3 +107,9 @@ class ShmRing:
     def close(self) -> None: ...
 
 def init_region(fd: int, ring_size: int, pid: int, state: int) -> int: ...
+REC_ALLOC_BIG: int
+REC_TYPE_SHIFT: int
+ALLOC_SIZE_BITS: int
+PTR_MASK: int
+
+def record_size(word: int) -> int: ...

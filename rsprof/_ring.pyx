@@ -631,6 +631,12 @@ cdef extern from "rsprof_reader.h":
         RSPROF_REC_ALLOC_RAW
         RSPROF_REC_SAMPLE
         RSPROF_REC_THREAD
+        RSPROF_REC_ALLOC_BIG
+        RSPROF_REC_TYPE_SHIFT
+        RSPROF_ALLOC_SIZE_BITS
+    uint64_t RSPROF_PTR_MASK
+    uint64_t RSPROF_ALLOC_MAX_SIZE
+    uint32_t rsprof_rec_size(uint64_t word)
     uint64_t RSPROF_SHM_MAGIC
     uint64_t RSPROF_READER_TIMEOUT_NS
     uint64_t rsprof_load_acquire_u64(uint64_t* p)
@@ -654,6 +660,15 @@ REC_FREE = RSPROF_REC_FREE
 REC_ALLOC_RAW = RSPROF_REC_ALLOC_RAW
 REC_SAMPLE = RSPROF_REC_SAMPLE
 REC_THREAD = RSPROF_REC_THREAD
+REC_ALLOC_BIG = RSPROF_REC_ALLOC_BIG
+REC_TYPE_SHIFT = RSPROF_REC_TYPE_SHIFT
+ALLOC_SIZE_BITS = RSPROF_ALLOC_SIZE_BITS
+PTR_MASK = RSPROF_PTR_MASK
+
+
+def record_size(uint64_t word) -> int:
+    """Size of the record whose first word is `word` (0: invalid), as the shim defines it."""
+    return rsprof_rec_size(word)
 
 # The largest record the reader accepts: a header, 40 bytes of fields, 1024 frames.
 DEF SHM_MAX_RECORD = 40 + 8 * 1024
@@ -902,31 +917,36 @@ cdef class HeapDecoder:
             n += 1
         return self.stacks.intern(self.frames, n)
 
+    cdef int _alloc_by_id(self, uint64_t ptr, uint64_t nbytes, uint32_t shim_id) except -1:
+        cdef int64_t sid
+        if shim_id >= self.shim_ids_cap or self.shim_ids[shim_id] == NO_STACK:
+            self.unknown_stack_allocs += 1
+            sid = self.stacks.intern(self.frames, 0)  # the empty stack: "unknown"
+        else:
+            sid = self.shim_ids[shim_id]
+        return self._alloc(ptr, nbytes, <uint32_t>sid)
+
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size,
                      uint32_t max_frames) except -1:
         cdef uint32_t shim_id, depth, tid, n
-        cdef uint64_t ptr, nbytes
+        cdef uint64_t ptr, nbytes, word
         cdef int64_t sid
         cdef void* p
+        memcpy(&word, rec, 8)
         if rtype == RSPROF_REC_ALLOC:
-            if size != 40:
-                self.malformed += 1
-                return 0
             memcpy(&ptr, rec + 8, 8)
-            memcpy(&nbytes, rec + 16, 8)
-            memcpy(&shim_id, rec + 24, 4)
-            if shim_id >= self.shim_ids_cap or self.shim_ids[shim_id] == NO_STACK:
-                self.unknown_stack_allocs += 1
-                sid = self.stacks.intern(self.frames, 0)  # the empty stack: "unknown"
-            else:
-                sid = self.shim_ids[shim_id]
-            self._alloc(ptr, nbytes, <uint32_t>sid)
+            self._alloc_by_id(ptr, word & RSPROF_ALLOC_MAX_SIZE,
+                              <uint32_t>((word >> RSPROF_ALLOC_SIZE_BITS) & 0xffffff))
         elif rtype == RSPROF_REC_FREE:
-            if size != 16:
+            self._free(word & RSPROF_PTR_MASK)
+        elif rtype == RSPROF_REC_ALLOC_BIG:
+            if size != 32:
                 self.malformed += 1
                 return 0
-            memcpy(&ptr, rec + 8, 8)
-            self._free(ptr)
+            memcpy(&shim_id, rec + 8, 4)
+            memcpy(&ptr, rec + 16, 8)
+            memcpy(&nbytes, rec + 24, 8)
+            self._alloc_by_id(ptr, nbytes, shim_id)
         elif rtype == RSPROF_REC_STACK:
             if size < 16:
                 self.malformed += 1
@@ -947,16 +967,16 @@ cdef class HeapDecoder:
                 self.shim_ids_cap *= 2
             self.shim_ids[shim_id] = <uint32_t>sid
         elif rtype == RSPROF_REC_ALLOC_RAW:
-            if size < 40:
+            if size < 32:
                 self.malformed += 1
                 return 0
             memcpy(&ptr, rec + 8, 8)
             memcpy(&nbytes, rec + 16, 8)
             memcpy(&depth, rec + 24, 4)
-            if depth > max_frames or size != 40 + 8 * depth:
+            if depth > max_frames or size != 32 + 8 * depth:
                 self.malformed += 1
                 return 0
-            sid = self._intern_walked(rec + 40, depth)
+            sid = self._intern_walked(rec + 32, depth)
             self._alloc(ptr, nbytes, <uint32_t>sid)
         elif rtype == RSPROF_REC_THREAD:
             if size != 32:
@@ -1006,11 +1026,11 @@ cdef class HeapDecoder:
             memcpy(&word, &data[pos], 8)
             if word == 0:
                 break
-            rsize = <uint32_t>word
+            rsize = rsprof_rec_size(word)
             if rsize < 8 or rsize % 8 or rsize > n - pos or rsize > SHM_MAX_RECORD:
                 self.malformed += 1
                 break
-            self._record(&data[pos], <uint32_t>(word >> 32), rsize, max_frames)
+            self._record(&data[pos], <uint32_t>(word >> RSPROF_REC_TYPE_SHIFT), rsize, max_frames)
             pos += rsize
         return pos
 
@@ -1130,8 +1150,8 @@ cdef class ShmRing:
             word = rsprof_load_acquire_u64(<uint64_t*>(self.data + off))
             if word == 0:
                 break  # reserved but not committed yet
-            rsize = <uint32_t>word
-            rtype = <uint32_t>(word >> 32)
+            rsize = rsprof_rec_size(word)
+            rtype = <uint32_t>(word >> RSPROF_REC_TYPE_SHIFT)
             if rsize < 8 or (rsize & 7) != 0 or rsize > reserve - tail or rsize > SHM_MAX_RECORD:
                 self.malformed += 1
                 tail = reserve

@@ -30,29 +30,34 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rsprof import _ring
 from rsprof.errors import RsprofError
 
 SHM_DIR = Path("/dev/shm")
 NAME_PREFIX = "rsprof-"
 ENV = "RSPROF_SHM"
-MAGIC = 0x314D4853464F5250
-VERSION = 1
-HEADER_BYTES = 4096
+MAGIC = _ring.SHM_MAGIC
+VERSION = _ring.SHM_VERSION
+HEADER_BYTES = _ring.SHM_HEADER_BYTES
 DEFAULT_RING = 16 << 20
-MAX_FRAMES = 64
+MAX_FRAMES = _ring.SHM_MAX_FRAMES
 READER_TIMEOUT_NS = 1_000_000_000
 
-STATE_IDLE = 0
-STATE_RECORDING = 1
-STATE_STOPPED = 2
+STATE_IDLE = _ring.STATE_IDLE
+STATE_RECORDING = _ring.STATE_RECORDING
+STATE_STOPPED = _ring.STATE_STOPPED
 
-REC_PAD = 1
-REC_STACK = 2
-REC_ALLOC = 3
-REC_FREE = 4
-REC_ALLOC_RAW = 5
-REC_SAMPLE = 6
-REC_THREAD = 7
+# Record types come from the C header (through _ring), never retyped here.
+REC_PAD = _ring.REC_PAD
+REC_STACK = _ring.REC_STACK
+REC_ALLOC = _ring.REC_ALLOC
+REC_FREE = _ring.REC_FREE
+REC_ALLOC_RAW = _ring.REC_ALLOC_RAW
+REC_SAMPLE = _ring.REC_SAMPLE
+REC_THREAD = _ring.REC_THREAD
+REC_ALLOC_BIG = _ring.REC_ALLOC_BIG
+_TYPE_SHIFT = _ring.REC_TYPE_SHIFT
+_SIZE_BITS = _ring.ALLOC_SIZE_BITS
 
 # Header field -> index in the u64 view / u32 view (offsets of rsprof_shm_header).
 _Q = {"magic": 0, "ring_size": 2, "reserve": 4, "dropped": 5, "waits": 6, "interned": 7,
@@ -63,7 +68,8 @@ _HEADER_SIZE = 112
 # Largest depth accepted in SAMPLE records (frames[0] is the interrupted IP).
 _MAX_SAMPLE_FRAMES = 1024
 
-_ALLOC = struct.Struct("<QQIIQ")  # ptr, size, stack_id, tid, time_ns
+_RAW = struct.Struct("<QQII")  # ptr, size, depth, reserved
+_BIG = struct.Struct("<IIQQ")  # stack_id, reserved, ptr, size
 _STACK = struct.Struct("<II")  # stack_id, depth
 _THREAD = struct.Struct("<II16s")  # tid, reserved, name
 _SAMPLE = struct.Struct("<IIQ")  # tid, depth, time_ns
@@ -84,8 +90,6 @@ class AllocRecord:
     ptr: int
     size: int
     stack_id: int
-    tid: int
-    time_ns: int
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,6 @@ class AllocRawRecord:
     ptr: int
     size: int
     frames: tuple[int, ...]
-    tid: int
-    time_ns: int
 
 
 @dataclass(frozen=True)
@@ -347,14 +349,20 @@ class ShmReader:
             word = int(self._data_q[(tail & self.mask) >> 3])
             if word == 0:
                 break  # reserved, not committed yet
-            rtype, rsize = word >> 32, word & 0xFFFFFFFF
+            rtype = word >> _TYPE_SHIFT
+            if rtype == REC_FREE:
+                rsize = 8
+            elif rtype == REC_ALLOC:
+                rsize = 16
+            else:
+                rsize = word & 0xFFFFFFFF if not (word >> 32) & 0x0FFFFFFF else 0
             if rsize < 8 or rsize & 7 or rsize > reserve - tail:
                 # Framing lost: skip to what is reserved now.
                 self.counters.malformed += 1
                 tail = reserve
                 break
             body = self._read(tail + 8, rsize - 8)
-            rec = self._decode(rtype, body)
+            rec = self._decode(rtype, word, body)
             if rec is not None:
                 out.append(rec)
             self.counters.records += 1
@@ -372,24 +380,28 @@ class ShmReader:
     def _frames(self, body: bytes, offset: int, depth: int) -> tuple[int, ...]:
         return struct.unpack_from(f"<{depth}Q", body, offset)
 
-    def _decode(self, rtype: int, body: bytes) -> Record | None:
+    def _decode(self, rtype: int, word: int, body: bytes) -> Record | None:
         n = len(body) + 8
         if rtype == REC_PAD:
             self.counters.pads += 1
             return None
-        if rtype == REC_ALLOC and n == 40:
-            ptr, size, sid, tid, ts = _ALLOC.unpack_from(body)
-            return AllocRecord(ptr, size, sid, tid, ts)
-        if rtype == REC_FREE and n == 16:
-            return FreeRecord(struct.unpack_from("<Q", body)[0])
+        if rtype == REC_ALLOC:
+            size = word & ((1 << _SIZE_BITS) - 1)
+            sid = (word >> _SIZE_BITS) & 0xFFFFFF
+            return AllocRecord(struct.unpack_from("<Q", body)[0], size, sid)
+        if rtype == REC_FREE:
+            return FreeRecord(word & ((1 << _TYPE_SHIFT) - 1))
+        if rtype == REC_ALLOC_BIG and n == 32:
+            sid, _, ptr, size = _BIG.unpack_from(body)
+            return AllocRecord(ptr, size, sid)
         if rtype == REC_STACK and n >= 16:
             sid, depth = _STACK.unpack_from(body)
             if depth <= self.max_frames and n == 16 + 8 * depth:
                 return StackRecord(sid, self._frames(body, 8, depth))
-        elif rtype == REC_ALLOC_RAW and n >= 40:
-            ptr, size, depth, tid, ts = _ALLOC.unpack_from(body)
-            if depth <= self.max_frames and n == 40 + 8 * depth:
-                return AllocRawRecord(ptr, size, self._frames(body, 32, depth), tid, ts)
+        elif rtype == REC_ALLOC_RAW and n >= 32:
+            ptr, size, depth, _ = _RAW.unpack_from(body)
+            if depth <= self.max_frames and n == 32 + 8 * depth:
+                return AllocRawRecord(ptr, size, self._frames(body, 24, depth))
         elif rtype == REC_SAMPLE and n >= 24:
             tid, depth, ts = _SAMPLE.unpack_from(body)
             if depth <= _MAX_SAMPLE_FRAMES and n == 24 + 8 * depth:

@@ -183,7 +183,7 @@ def replay(records: list[ref.Record]) -> Replay:
             if rec.ptr in rp.live:
                 rp.alloc_of_live += 1
             rp.live[rec.ptr] = (rec.size, frames)
-            rp.allocs.append((rec.ptr, rec.size, frames, rec.tid))
+            rp.allocs.append((rec.ptr, rec.size, frames))
         elif isinstance(rec, ref.FreeRecord):
             rp.frees.append(rec.ptr)
             gone = rp.live.pop(rec.ptr, None)
@@ -235,13 +235,11 @@ def test_exact_totals_every_function_many_threads(build_dir: Path, shim: Path,
 
     allocs: Counter[str] = Counter()
     alloc_bytes: Counter[str] = Counter()
-    tids: dict[str, set[int]] = {}
-    for _ptr, size, frames, tid in rp.allocs:
+    for _ptr, size, frames in rp.allocs:
         site = site_of(frames, ranges)
         if site is not None:
             allocs[site] += 1
             alloc_bytes[site] += size
-            tids.setdefault(site, set()).add(tid)
     frees: Counter[str] = Counter()
     for _size, frames in rp.freed:
         site = site_of(frames, ranges)
@@ -264,11 +262,10 @@ def test_exact_totals_every_function_many_threads(build_dir: Path, shim: Path,
     assert dict(frees) == {site: n for site in SITE_SIZES}
     assert dict(live) == {"site_leak": LEAK_COUNT}
     assert dict(live_bytes) == {"site_leak": LEAK_COUNT * LEAK_SIZE}
-    assert all(len(t) == NTHREADS for s, t in tids.items() if s != "site_leak")
     assert len(set(rp.threads)) >= NTHREADS
     # A worker's stacks run through worker() up to the thread start routine.
     worker_lo, worker_hi = ranges["worker"]
-    sample = next(f for _p, _s, f, _t in rp.allocs if site_of(f, ranges) == "site_malloc")
+    sample = next(f for _p, _s, f in rp.allocs if site_of(f, ranges) == "site_malloc")
     assert any(worker_lo <= a < worker_hi for a in sample[1:3])
 
 
@@ -294,7 +291,7 @@ def test_glibc_semantics_kept(build_dir: Path, shim: Path,
     rp = replay(run.records)
     assert rp.alloc_before_stack == 0 and rp.alloc_of_live == 0
     # realloc(NULL, 50) was an ALLOC; realloc(p, 0) freed it: a FREE, no ALLOC of size 0.
-    assert any(p == ptrs["realloc_null"] and s == 50 for p, s, _f, _t in rp.allocs)
+    assert any(p == ptrs["realloc_null"] and s == 50 for p, s, _f in rp.allocs)
     assert ptrs["realloc_zero"] in rp.frees
     # The failed realloc/reallocarray left the block valid: PAD records, one FREE at the end.
     assert rp.frees.count(ptrs["realloc_fail"]) == 1
@@ -326,7 +323,7 @@ def test_wild_frame_pointers_never_fault(build_dir: Path, shim: Path,
     assert run.result.returncode == 0, run.result.stderr
     rp = replay(run.records)
     lo, hi = ranges["wild_call"]
-    wild = [f for _p, size, f, _t in rp.allocs if 5000 <= size < 5015]
+    wild = [f for _p, size, f in rp.allocs if 5000 <= size < 5015]
     assert len(wild) == 15
     # The first frame is always right (the hook's own frame record); what follows
     # a garbage frame pointer is cut short.
@@ -349,10 +346,9 @@ def test_fork_child_never_writes_and_exec_works(build_dir: Path, shim: Path,
     assert out["exec"].split()[2] == "0"
     assert out["system"] == "0"
     rp = replay(run.records)
-    sizes = Counter(size for _p, size, _f, _t in rp.allocs)
+    sizes = Counter(size for _p, size, _f in rp.allocs)
     assert sizes[55555] == 30
     assert sizes[77777] == 0
-    assert child_pid not in {tid for _p, _s, _f, tid in rp.allocs}
     assert child_pid not in rp.threads
     # The exec'd /bin/true made (and removed) a private region of its own.
     assert not ref.ShmReader.find(exec_pid)
@@ -518,7 +514,7 @@ def test_full_intern_table_writes_raw_stacks(build_dir: Path, shim: Path,
     assert hdr["raw_stacks"] == rp.raw > 0
     assert hdr["truncated"] > 0
     assert rp.alloc_before_stack == 0
-    deep = [f for _p, size, f, _t in rp.allocs if size == 48]
+    deep = [f for _p, size, f in rp.allocs if size == 48]
     assert len(deep) == 140
     # Never merged: the 40 first stacks (depth 1..40 of deep()) are all different.
     assert len(set(deep[:40])) == 40

@@ -59,7 +59,7 @@ int main(int argc, char **argv)
             uint64_t word = __atomic_load_n(wp, __ATOMIC_ACQUIRE);
             if (word == 0)
                 break;
-            uint32_t size = RSPROF_REC_SIZE(word);
+            uint32_t size = rsprof_rec_size(word);
             if (size < 8 || (size & 7) || size > 4096)
                 return 5;
             uint64_t off = tail & mask;

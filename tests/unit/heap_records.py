@@ -8,7 +8,7 @@ from rsprof import _ring
 
 
 def header(rtype: int, size: int) -> bytes:
-    return struct.pack("<Q", (rtype << 32) | size)
+    return struct.pack("<Q", (rtype << _ring.REC_TYPE_SHIFT) | size)
 
 
 def stack(shim_id: int, frames: list[int]) -> bytes:
@@ -17,19 +17,26 @@ def stack(shim_id: int, frames: list[int]) -> bytes:
             + b"".join(struct.pack("<Q", f) for f in frames))
 
 
-def alloc(ptr: int, size: int, shim_id: int, tid: int = 1, t: int = 0) -> bytes:
-    return header(_ring.REC_ALLOC, 40) + struct.pack("<QQIIQ", ptr, size, shim_id, tid, t)
+def alloc(ptr: int, size: int, shim_id: int) -> bytes:
+    """The compact 16-byte ALLOC: type, stack id and size in one word, then ptr."""
+    word = ((_ring.REC_ALLOC << _ring.REC_TYPE_SHIFT) | (shim_id << _ring.ALLOC_SIZE_BITS)
+            | size)
+    return struct.pack("<QQ", word, ptr)
 
 
-def alloc_raw(ptr: int, size: int, frames: list[int], tid: int = 1) -> bytes:
-    rsize = 40 + 8 * len(frames)
-    return (header(_ring.REC_ALLOC_RAW, rsize) + struct.pack("<QQIIQ", ptr, size, len(frames),
-                                                             tid, 0)
+def alloc_big(ptr: int, size: int, shim_id: int) -> bytes:
+    return header(_ring.REC_ALLOC_BIG, 32) + struct.pack("<IIQQ", shim_id, 0, ptr, size)
+
+
+def alloc_raw(ptr: int, size: int, frames: list[int]) -> bytes:
+    rsize = 32 + 8 * len(frames)
+    return (header(_ring.REC_ALLOC_RAW, rsize) + struct.pack("<QQII", ptr, size, len(frames), 0)
             + b"".join(struct.pack("<Q", f) for f in frames))
 
 
 def free(ptr: int) -> bytes:
-    return header(_ring.REC_FREE, 16) + struct.pack("<Q", ptr)
+    """The one-word FREE."""
+    return struct.pack("<Q", (_ring.REC_FREE << _ring.REC_TYPE_SHIFT) | ptr)
 
 
 def pad(size: int) -> bytes:

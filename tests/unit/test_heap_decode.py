@@ -8,7 +8,7 @@ import struct
 import tempfile
 
 from rsprof import _ring, _unwind
-from tests.unit.heap_records import alloc, alloc_raw, free, pad, stack, thread
+from tests.unit.heap_records import alloc, alloc_big, alloc_raw, free, pad, stack, thread
 
 A = [0x555500001005, 0x555500002009]  # return addresses of site A
 B = [0x555500003011, 0x555500002009]
@@ -104,11 +104,28 @@ def test_many_allocations_and_frees_stay_exact() -> None:
 
 def test_malformed_records_are_counted() -> None:
     dec, _ = decoder()
-    bad_alloc = struct.pack("<Q", (_ring.REC_ALLOC << 32) | 48) + bytes(40)
-    too_deep = struct.pack("<QII", (_ring.REC_STACK << 32) | 16, 0, 5000)
-    unknown = struct.pack("<Q", (77 << 32) | 16) + bytes(8)
-    dec.feed_bytes(bad_alloc + too_deep + unknown)
+    shift = _ring.REC_TYPE_SHIFT
+    bad_big = struct.pack("<Q", (_ring.REC_ALLOC_BIG << shift) | 48) + bytes(40)
+    too_deep = struct.pack("<QII", (_ring.REC_STACK << shift) | 16, 0, 5000)
+    unknown = struct.pack("<Q", (13 << shift) | 16) + bytes(8)
+    dec.feed_bytes(bad_big + too_deep + unknown)
     assert dec.malformed == 3
+    # A variable-size record with bits between type and size set is not a record.
+    assert _ring.record_size((_ring.REC_STACK << shift) | (1 << 40) | 16) == 0
+    assert dec.feed_bytes(struct.pack("<Q", (_ring.REC_STACK << shift) | (1 << 40) | 16)) == 0
+    assert dec.malformed == 4
+
+
+def test_record_sizes_follow_the_c_header() -> None:
+    assert _ring.record_size(struct.unpack("<Q", free(0x1234))[0]) == 8
+    assert _ring.record_size(struct.unpack("<Q", alloc(0x10, 5, 1)[:8])[0]) == 16
+    assert _ring.record_size(struct.unpack("<Q", alloc_big(0x10, 5, 1)[:8])[0]) == 32
+
+
+def test_big_allocations_use_the_long_record() -> None:
+    dec, _ = decoder()
+    dec.feed_bytes(stack(0, A) + alloc_big(0x10, 1 << 40, 0) + free(0x10))
+    assert sites(dec) == {0: (1, 1 << 40, 1, 1 << 40, 0, 1 << 40)}
 
 
 def _region(ring_size: int = 1 << 16) -> tuple[int, int]:
