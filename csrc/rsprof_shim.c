@@ -288,14 +288,19 @@ walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *trunca
 {
     uint32_t n = 0;
     uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    /* Local copies of the proven-readable range: the fast path below touches
+     * no TLS; only the slow path (a new page) updates them. */
+    uintptr_t lo = sp, hi = 0;
+    if (t_stack_state == 1 && sp >= t_stack_lo && sp < t_stack_hi)
+        hi = t_stack_hi;
     for (unsigned steps = 0; steps < RSPROF_MAX_FRAMES + 16; steps++) {
         if ((fp & 7) != 0)
             break;
-        /* Fast path: inside the range already proven readable. */
-        if (!(t_stack_state == 1 && fp >= sp && fp >= t_stack_lo && fp + 16 <= t_stack_hi &&
-              sp >= t_stack_lo) &&
-            !stack_readable(sp, fp, 16))
-            break;
+        if (RSPROF_UNLIKELY(fp < lo || fp + 16 > hi)) {
+            if (!stack_readable(sp, fp, 16))
+                break;
+            hi = t_stack_hi;
+        }
         const uintptr_t *rec = (const uintptr_t *)fp;
         uintptr_t next = rec[0];
         uintptr_t ret = rec[1];
