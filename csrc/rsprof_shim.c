@@ -184,7 +184,11 @@ static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, 
             waited = 1;
             ADD_RLX(&h->waits, 1);
         }
-        short_sleep(50000);
+        {
+            int saved = errno; /* the hot paths do not save errno: slow paths do */
+            short_sleep(50000);
+            errno = saved;
+        }
     }
 }
 
@@ -357,8 +361,10 @@ static struct table *table_get(void)
     struct table *t = LOAD_ACQ(&g_table);
     if (RSPROF_LIKELY(t != NULL))
         return t;
+    int saved = errno;
     void *p = mmap(NULL, sizeof(struct table), PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    errno = saved;
     if (p == MAP_FAILED)
         return NULL;
     t = p;
@@ -502,8 +508,10 @@ static void emit_thread(struct rsprof_shm_header *h, uint32_t sess)
     memset(&rec, 0, sizeof(rec));
     rec.header = RSPROF_REC_HEADER(RSPROF_REC_THREAD, sizeof(rec));
     rec.tid = my_tid();
+    int saved = errno;
     if (prctl(PR_GET_NAME, (unsigned long)rec.name, 0, 0, 0) != 0)
         rec.name[0] = 0;
+    errno = saved;
     rec.name[15] = 0;
     if (ring_write(h, &rec, sizeof(rec), 0))
         t_thread_tag = SESSION_TAG(sess);
@@ -625,10 +633,10 @@ __attribute__((noinline)) void rsprof_shim_record_alloc(void *ptr, size_t size)
         return;
     if (ptr == NULL || t_guard)
         return;
+    /* errno: nothing on this path changes it except the slow paths (waiting
+     * for ring space, mapping the table, naming a thread), which save it. */
     t_guard = 1;
-    int saved = errno;
     record_alloc(h, ptr, size, (uintptr_t)__builtin_frame_address(0));
-    errno = saved;
     t_guard = 0;
 }
 
@@ -639,11 +647,9 @@ __attribute__((noinline)) void rsprof_shim_record_free(void *ptr)
         return;
     if (ptr == NULL || t_guard)
         return;
-    t_guard = 1;
-    int saved = errno;
+    t_guard = 1; /* errno: untouched here but in the (errno-saving) wait path */
     struct rsprof_rec_free rec = {RSPROF_FREE_WORD((uintptr_t)ptr)};
     ring_write(h, &rec, sizeof(rec), 0);
-    errno = saved;
     t_guard = 0;
 }
 
