@@ -20,7 +20,7 @@ from rsprof.recording.process import is_alive
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "rsprof-"
-DEFAULT_RING_BYTES = 16 << 20
+DEFAULT_RING_BYTES = 8 << 20
 
 
 @dataclass
