@@ -1,5 +1,6 @@
 //! The heap micro-benchmark: 10 million small alloc/free pairs (16..80 bytes)
 //! through a shallow call chain, single-threaded. Prints "elapsed <s>".
+//! `--seconds S` churns for S seconds instead (for lifecycle tests).
 
 use rsprof_test_targets::{announce, arg_f64};
 use std::hint::black_box;
@@ -28,8 +29,19 @@ fn main() {
     if delay > 0.0 {
         std::thread::sleep(std::time::Duration::from_secs_f64(delay));
     }
+    let seconds = arg_f64("--seconds", 0.0);
     let start = Instant::now();
-    black_box(churn(pairs));
+    if seconds > 0.0 {
+        // Churn for a wall-clock time instead of a pair count (lifecycle tests).
+        let mut rounds = 0u64;
+        while start.elapsed().as_secs_f64() < seconds {
+            black_box(churn(100_000));
+            rounds += 1;
+        }
+        announce(&format!("rounds {rounds}"));
+    } else {
+        black_box(churn(pairs));
+    }
     announce(&format!("elapsed {:.6}", start.elapsed().as_secs_f64()));
     // Peak resident memory of this process, for the profilers' memory overhead.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
