@@ -6,7 +6,7 @@ import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from rsprof.report.profile_summary import ProfileSummary, read_summary
+from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
 from rsprof.storage.writer import decompress_ids
 
 
@@ -23,9 +23,7 @@ class CpuRow:
 
     @property
     def location(self) -> str:
-        if not self.file:
-            return ""
-        return f"{self.file}:{self.line}" if self.line else self.file
+        return format_location(self.file, self.line)
 
 
 @dataclass(slots=True)

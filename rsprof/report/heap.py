@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-from rsprof.report.profile_summary import ProfileSummary, read_summary
+from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +24,7 @@ class HeapRow:
 
     @property
     def location(self) -> str:
-        if not self.file:
-            return ""
-        return f"{self.file}:{self.line}" if self.line else self.file
+        return format_location(self.file, self.line)
 
 
 @dataclass(slots=True)

@@ -68,3 +68,10 @@ def read_summary(conn: sqlite3.Connection) -> ProfileSummary:
         end_reason=meta.get("end_reason", ""),
         counters=counters,
     )
+
+
+def format_location(file: str | None, line: int | None) -> str:
+    """file:line as reports show it ("" without a file, the file alone without a line)."""
+    if not file:
+        return ""
+    return f"{file}:{line}" if line else file

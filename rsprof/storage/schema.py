@@ -124,50 +124,8 @@ CREATE TABLE IF NOT EXISTS cpu_counts (
 ) WITHOUT ROWID;
 """
 
-VIEWS = """
-CREATE VIEW IF NOT EXISTS cpu_samples AS
-SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
-                'unixepoch', 'localtime') AS time,
-       round(r.start_time + c.interval * r.interval_s
-             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
-       COALESCE(t.name, '') AS thread,
-       c.tid AS tid,
-       f.function AS function,
-       f.file AS file,
-       f.line AS line,
-       c.samples AS samples,
-       m.path AS module,
-       c.stack_id AS stack_id,
-       c.recording_id AS recording_id
-FROM cpu_counts c
-JOIN recordings r ON r.id = c.recording_id
-JOIN stacks s ON s.id = c.stack_id
-JOIN frames f ON f.id = s.user_frame_id
-JOIN modules m ON m.id = f.module_id
-LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
-
-CREATE VIEW IF NOT EXISTS cpu_leaf_samples AS
-SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
-                'unixepoch', 'localtime') AS time,
-       round(r.start_time + c.interval * r.interval_s
-             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
-       COALESCE(t.name, '') AS thread,
-       c.tid AS tid,
-       f.function AS function,
-       f.file AS file,
-       f.line AS line,
-       c.samples AS samples,
-       m.path AS module,
-       c.stack_id AS stack_id,
-       c.recording_id AS recording_id
-FROM cpu_counts c
-JOIN recordings r ON r.id = c.recording_id
-JOIN stacks s ON s.id = c.stack_id
-JOIN frames f ON f.id = s.leaf_frame_id
-JOIN modules m ON m.id = f.module_id
-LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
-
-CREATE VIEW IF NOT EXISTS cpu_functions AS
+VIEWS_TEMPLATE = """
+{cpu_sample_views}CREATE VIEW IF NOT EXISTS cpu_functions AS
 SELECT f.function AS function,
        m.path AS module,
        SUM(c.samples) AS samples,
@@ -233,3 +191,33 @@ JOIN address_frames af ON af.address_id = a.id
 JOIN frames f ON f.id = af.frame_id
 JOIN modules m ON m.id = a.module_id;
 """
+
+
+# cpu_samples charges by the default rule, cpu_leaf_samples by the true leaf:
+# the same view over a different stored frame.
+_CPU_SAMPLES_VIEW = """CREATE VIEW IF NOT EXISTS {name} AS
+SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
+                'unixepoch', 'localtime') AS time,
+       round(r.start_time + c.interval * r.interval_s
+             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+       COALESCE(t.name, '') AS thread,
+       c.tid AS tid,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       c.samples AS samples,
+       m.path AS module,
+       c.stack_id AS stack_id,
+       c.recording_id AS recording_id
+FROM cpu_counts c
+JOIN recordings r ON r.id = c.recording_id
+JOIN stacks s ON s.id = c.stack_id
+JOIN frames f ON f.id = s.{frame_column}
+JOIN modules m ON m.id = f.module_id
+LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
+"""
+
+VIEWS = VIEWS_TEMPLATE.replace("{cpu_sample_views}", "\n".join(
+    _CPU_SAMPLES_VIEW.format(name=name, frame_column=column) + "\n"
+    for name, column in (("cpu_samples", "user_frame_id"), ("cpu_leaf_samples", "leaf_frame_id"))
+))

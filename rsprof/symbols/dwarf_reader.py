@@ -24,6 +24,8 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rsprof._dwarf import SECTION_NAMES  # the C reader's section order, defined once
+
 if TYPE_CHECKING:  # rsprof.symbols.dwarf (and symbolic) load only on the warm/fallback path
     from rsprof.symbols.dwarf import DwarfLines
 
@@ -32,18 +34,6 @@ _SHT_NOBITS = 8
 _ELFCOMPRESS_ZLIB = 1
 _MAX_DECOMPRESSED = 1 << 31
 
-SECTION_NAMES = (
-    ".debug_info",
-    ".debug_abbrev",
-    ".debug_line",
-    ".debug_str",
-    ".debug_line_str",
-    ".debug_ranges",
-    ".debug_rnglists",
-    ".debug_aranges",
-    ".debug_addr",
-    ".debug_str_offsets",
-)
 _WANTED = frozenset(SECTION_NAMES)
 
 
