@@ -1,6 +1,7 @@
 //! The heap micro-benchmark: 10 million small alloc/free pairs (16..80 bytes)
 //! through a shallow call chain, single-threaded. Prints "elapsed <s>".
-//! `--seconds S` churns for S seconds instead (for lifecycle tests).
+//! `--seconds S` churns for S seconds instead (for lifecycle tests);
+//! `--threads N` splits the pairs over N threads.
 
 use rsprof_test_targets::{announce, arg_f64};
 use std::hint::black_box;
@@ -40,7 +41,14 @@ fn main() {
         }
         announce(&format!("rounds {rounds}"));
     } else {
-        black_box(churn(pairs));
+        let threads = arg_f64("--threads", 1.0).max(1.0) as u64;
+        let per_thread = pairs / threads;
+        let handles: Vec<_> = (0..threads)
+            .map(|_| std::thread::spawn(move || black_box(churn(per_thread))))
+            .collect();
+        for h in handles {
+            black_box(h.join().unwrap());
+        }
     }
     announce(&format!("elapsed {:.6}", start.elapsed().as_secs_f64()));
     // Peak resident memory of this process, for the profilers' memory overhead.
