@@ -323,11 +323,16 @@ def test_wild_frame_pointers_never_fault(build_dir: Path, shim: Path,
     assert run.result.returncode == 0, run.result.stderr
     rp = replay(run.records)
     lo, hi = ranges["wild_call"]
-    wild = [f for _p, size, f in rp.allocs if 5000 <= size < 5015]
-    assert len(wild) == 15
-    # The first frame is always right (the hook's own frame record); what follows
-    # a garbage frame pointer is cut short.
-    assert all(f and lo <= f[0] < hi and len(f) <= 3 for f in wild)
+    wild = {size - 5000: f for _p, size, f in rp.allocs if 5000 <= size < 5015}
+    assert sorted(wild) == list(range(15))
+    # The first frame is always right (the hook's own frame record).
+    assert all(f and lo <= f[0] < hi for f in wild.values())
+    # A frame pointer outside the stack (null, tiny, kernel, non-canonical, heap:
+    # values 0..7 of frames_wild.c) ends the walk at once. One pointing into the
+    # stack (8..14) may read stale frame records there and even rejoin the real
+    # chain: that is safe (only proven-readable stack pages are read), so only
+    # "no fault" is asserted for them.
+    assert all(len(wild[i]) <= 3 for i in range(8)), {i: len(wild[i]) for i in range(8)}
 
 
 # -- (e) fork and exec ------------------------------------------------------------------
