@@ -443,6 +443,32 @@ cdef class PerfDecoder:
         self._count((<uint64_t>tid << 32) | <uint64_t>sid, interval)
         return 0
 
+    cdef int _self_sample(self, uint32_t tid, uint64_t t, const uint8_t* raw,
+                          uint32_t depth) except -1:
+        """Count one sample from the shim's self-sampler like a perf sample."""
+        cdef uint32_t i, n = 0
+        cdef uint64_t entry, interval
+        cdef int64_t rel, sid
+        for i in range(depth):
+            memcpy(&entry, raw + 8 * i, 8)
+            if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
+                self.broken_chains += 1
+                break
+            self.frames[n] = entry if n == 0 else entry - 1
+            n += 1
+        if n == 0:
+            self.malformed += 1
+            return 0
+        sid = self.stacks.intern(self.frames, n)
+        rel = <int64_t>t - self.start_ns
+        if rel < 0:
+            self.early_samples += 1
+            rel = 0
+        interval = <uint64_t>(rel // self.interval_ns)
+        self.samples += 1
+        self._count((<uint64_t>tid << 32) | <uint64_t>sid, interval)
+        return 0
+
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size) except -1:
         cdef uint64_t v
         cdef uint32_t pid, tid, ppid, ptid
@@ -718,6 +744,7 @@ cdef class HeapDecoder:
     cdef public uint64_t total_live_bytes
     cdef public uint64_t peak_total_live_bytes
     cdef public list threads
+    cdef public PerfDecoder cpu   # where self-sampled CPU samples are counted (or None)
 
     def __cinit__(self, StackTable stacks):
         self.stacks = stacks
@@ -988,7 +1015,20 @@ cdef class HeapDecoder:
                 n += 1
             self.threads.append((tid, (<char*>(rec + 16))[:n].decode("utf-8", "replace")))
         elif rtype == RSPROF_REC_SAMPLE:
-            self.self_samples += 1  # CPU self-sampling: read by a later version
+            # A CPU sample from the shim's SIGPROF self-sampler: tid, depth,
+            # time_ns, frames (frames[0] is the interrupted IP).
+            if size < 24:
+                self.malformed += 1
+                return 0
+            memcpy(&tid, rec + 8, 4)
+            memcpy(&depth, rec + 12, 4)
+            memcpy(&ptr, rec + 16, 8)
+            if depth > SHM_MAX_FRAMES_ACCEPTED or size != 24 + 8 * depth:
+                self.malformed += 1
+                return 0
+            self.self_samples += 1
+            if self.cpu is not None:
+                self.cpu._self_sample(tid, ptr, rec + 24, depth)
         elif rtype != RSPROF_REC_PAD:
             self.malformed += 1
         return 0
@@ -1102,8 +1142,13 @@ cdef class ShmRing:
             "truncated": rsprof_load_acquire_u64(&self.hdr.truncated),
         }
 
-    def attach(self, uint32_t reader_pid) -> None:
-        """Become the region's reader: a new session, heartbeat, then RECORDING."""
+    def attach(self, uint32_t reader_pid, uint32_t self_sample_hz=0) -> None:
+        """Become the region's reader: a new session, heartbeat, then RECORDING.
+
+        self_sample_hz > 0 asks the shim's SIGPROF self-sampler for CPU samples
+        at that rate (header field reserved0); 0 leaves CPU to perf events.
+        """
+        rsprof_store_release_u32(&self.hdr.reserved0, self_sample_hz)
         rsprof_fetch_add_u32(&self.hdr.session, 1)
         rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
         rsprof_store_release_u32(&self.hdr.reader_pid, reader_pid)
@@ -1117,6 +1162,7 @@ cdef class ShmRing:
         if self.base == NULL:
             return
         rsprof_store_release_u32(&self.hdr.state, RSPROF_STATE_IDLE)
+        rsprof_store_release_u32(&self.hdr.reserved0, 0)
         rsprof_store_release_u32(&self.hdr.reader_pid, 0)
 
     cdef void _zero(self, uint64_t pos, uint64_t n) noexcept:

@@ -47,20 +47,27 @@ Report and query a saved profile (default: the newest in this directory):
               help="Aggregation and commit interval.")
 @click.option("--cpu-freq", default=99, show_default=True, type=int,
               help="CPU sampling frequency in Hz (1..10000).")
+@click.option("--cpu-source", type=click.Choice(["auto", "perf", "self"]), default="auto",
+              show_default=True,
+              help="perf events, or the shim's SIGPROF self-sampler (needs the shim in the "
+                   "target); auto uses perf and falls back to self-sampling when perf is "
+                   "not permitted.")
 @click.option("--append", is_flag=True, help="Add to an existing profile, continuing its timeline.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No interactive display: a progress line a second on stderr.")
 @click.version_option(__version__, "-V", "--version", prog_name="rsprof")
 @click.pass_context
 def root(ctx: click.Context, pid: int | None, name: str | None, output: str | None,
-         duration: str | None, interval: str, cpu_freq: int, append: bool, quiet: bool) -> int:
+         duration: str | None, interval: str, cpu_freq: int, cpu_source: str, append: bool,
+         quiet: bool) -> int:
     if ctx.invoked_subcommand is not None:
         if pid is not None or name is not None:
             raise UsageError("-p/-P record a process; they do not go with a command")
         return 0
     if pid is None and name is None:
         raise UsageError("give -p PID or -P NAME to record, or a command (see rsprof --help)")
-    return record_command(pid, name, output, duration, interval, cpu_freq, append, quiet)
+    return record_command(pid, name, output, duration, interval, cpu_freq, cpu_source, append,
+                          quiet)
 
 
 root.add_command(top_group)

@@ -22,8 +22,8 @@ def default_output(process_name: str, now: float | None = None) -> Path:
 
 
 def record_command(pid: int | None, name: str | None, output: str | None,
-                   duration: str | None, interval: str, cpu_freq: int, append: bool,
-                   quiet: bool) -> int:
+                   duration: str | None, interval: str, cpu_freq: int, cpu_source: str,
+                   append: bool, quiet: bool) -> int:
     if pid is not None and name is not None:
         raise UsageError("give either -p PID or -P NAME, not both")
     if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
@@ -39,7 +39,8 @@ def record_command(pid: int | None, name: str | None, output: str | None,
         raise UsageError(f"--append given but {out} does not exist")
     # Until the live TUI exists, recording without -q behaves like -q.
     options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
-                            cpu_freq=cpu_freq, append=append, quiet=True)
+                            cpu_freq=cpu_freq, cpu_source=cpu_source, append=append,
+                            quiet=True)
     remove_stale_regions()
     region = find_region(target.pid)  # the process loaded the shim: record its heap too
     try:

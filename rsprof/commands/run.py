@@ -46,10 +46,14 @@ def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
               help="Aggregation and commit interval.")
 @click.option("--cpu-freq", default=99, show_default=True, type=int,
               help="CPU sampling frequency in Hz (1..10000).")
+@click.option("--cpu-source", type=click.Choice(["auto", "perf", "self"]), default="auto",
+              show_default=True,
+              help="perf events, or the shim's SIGPROF self-sampler; auto falls back to "
+                   "self-sampling when perf is not permitted.")
 @click.option("-q", "--quiet", is_flag=True, help="No interactive display.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
-                quiet: bool, command: tuple[str, ...]) -> None:
+                cpu_source: str, quiet: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND with the heap shim preloaded and record CPU and heap until it exits.
 
     \b
@@ -84,7 +88,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         target = ProcessInfo(child.pid, os.path.basename(program)[:15], " ".join(command),
                              program)
         options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
-                                cpu_freq=cpu_freq, quiet=True)
+                                cpu_freq=cpu_freq, cpu_source=cpu_source, quiet=True)
         # If recording stops first (-d or a signal), the program runs on unrecorded.
         Recorder(target, options, heap=region, child=child).run()
     finally:

@@ -158,3 +158,19 @@ def _raise_fd_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class NullPerfSession:
+    """No perf events (CPU comes from the shim's self-sampler): the same interface."""
+
+    def __init__(self) -> None:
+        self.attached_tids: set[int] = set()
+
+    def drain(self, decoder: _ring.PerfDecoder) -> int:
+        return 0
+
+    def poll_fds(self) -> Iterator[int]:
+        return iter(())
+
+    def close(self) -> None:
+        pass

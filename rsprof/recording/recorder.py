@@ -18,10 +18,10 @@ from typing import TextIO
 
 from rsprof import _ring, _unwind
 from rsprof.duration import format_duration
-from rsprof.errors import ProfileError
+from rsprof.errors import PermissionDenied, ProfileError, UsageError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.heap_region import Region
-from rsprof.recording.perf_session import PerfSession
+from rsprof.recording.perf_session import NullPerfSession, PerfSession
 from rsprof.recording.process import ProcessInfo, is_alive, thread_name
 from rsprof.report.heap import human_bytes
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
@@ -35,6 +35,7 @@ class RecordOptions:
     duration_s: float | None = None
     interval_s: float = 1.0
     cpu_freq: int = 99
+    cpu_source: str = "auto"  # "auto" (perf, else self-sampling), "perf" or "self"
     append: bool = False
     quiet: bool = True
     cache_dir: Path | None = None
@@ -81,6 +82,7 @@ class Recorder:
         self.clock = clock
         self._stop_reason: str | None = None
         self.exit_code: int | None = None
+        self.cpu_source = "perf"
         self._shim_counters: dict[str, int] | None = None
         self.own_cpu_s = 0.0
         self.own_max_rss_kb = 0
@@ -105,11 +107,32 @@ class Recorder:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.request_stop("interrupted")
 
-    def run(self) -> RecordResult:
+    def _open_cpu_source(self) -> PerfSession | NullPerfSession:
+        """perf events when possible; the shim's SIGPROF self-sampler when perf is not
+        permitted (or --cpu-source self) and the target has the shim."""
         opts = self.options
         pid = self.target.pid
-        session = PerfSession(pid, opts.cpu_freq)
-        session.open(allow_gone=self.child is not None)
+        if opts.cpu_source in ("perf", "auto"):
+            session = PerfSession(pid, opts.cpu_freq)
+            try:
+                session.open(allow_gone=self.child is not None)
+                self.cpu_source = "perf"
+                return session
+            except PermissionDenied as exc:
+                if opts.cpu_source == "perf" or self.heap is None:
+                    raise
+                self.status.write(f"rsprof: {exc}; sampling CPU with the shim's "
+                                  "self-sampler instead\n")
+        if self.heap is None:
+            raise UsageError(
+                f"--cpu-source self needs rsprof's shim in process {pid} (start it with "
+                "`rsprof run`, LD_PRELOAD=librsprof_shim.so, or the rsprof-trace crate)")
+        self.cpu_source = "self"
+        return NullPerfSession()
+
+    def run(self) -> RecordResult:
+        opts = self.options
+        session = self._open_cpu_source()
         try:
             writer = ProfileWriter(opts.output, append=opts.append)
         except BaseException:
@@ -127,7 +150,8 @@ class Recorder:
         finally:
             session.close()
 
-    def _record(self, session: PerfSession, writer: ProfileWriter) -> RecordResult:
+    def _record(self, session: PerfSession | NullPerfSession,
+                writer: ProfileWriter) -> RecordResult:
         opts = self.options
         pid = self.target.pid
         interval_ns = int(opts.interval_s * 1e9)
@@ -138,16 +162,19 @@ class Recorder:
         writer.begin_recording(RecordingInfo(
             pid=pid, process_name=self.target.name, cmdline=self.target.cmdline,
             executable=self.target.executable, build_id=_build_id_of(self.target.pid),
-            cpu_source="perf", cpu_freq=opts.cpu_freq, interval_s=opts.interval_s,
+            cpu_source=self.cpu_source, cpu_freq=opts.cpu_freq, interval_s=opts.interval_s,
             start_time=start_wall, heap_source=self.heap_source,
         ))
         stacks = _unwind.StackTable()
         if self.heap is not None:
             self.heap_decoder = _ring.HeapDecoder(stacks)
-            self.heap.ring.attach(os.getpid())
+            self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
+            self.heap.ring.attach(os.getpid(), self_hz)
         self._start_ns = start_ns
         self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
+        if self.heap_decoder is not None and self.cpu_source == "self":
+            self.heap_decoder.cpu = decoder  # SAMPLE records count as CPU samples
         _set_code_ranges(decoder, self.code_map, symbolizer)
         for tid in session.attached_tids:
             writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))

@@ -46,3 +46,10 @@ def pad(size: int) -> bytes:
 def thread(tid: int, name: str) -> bytes:
     raw = name.encode()[:15].ljust(16, b"\0")
     return header(_ring.REC_THREAD, 32) + struct.pack("<II", tid, 0) + raw
+
+
+def sample(tid: int, t: int, frames: list[int]) -> bytes:
+    """A CPU sample from the shim's self-sampler (frames[0] is the interrupted IP)."""
+    size = 24 + 8 * len(frames)
+    return (header(_ring.REC_SAMPLE, size) + struct.pack("<IIQ", tid, len(frames), t)
+            + b"".join(struct.pack("<Q", f) for f in frames))

@@ -216,3 +216,30 @@ def test_random_region_contents_never_crash_or_hang() -> None:
             ring.drain(dec)
         ring.close()
         os.close(fd)
+
+
+def test_self_sampled_cpu_samples_are_counted_like_perf_samples() -> None:
+    from tests.unit.heap_records import sample
+
+    table = _unwind.StackTable()
+    heap = _ring.HeapDecoder(table)
+    cpu = _ring.PerfDecoder(table, 1234, 1_000_000_000, 1_000_000_000)
+    heap.cpu = cpu
+    leaf, ret = 0x555500001234, 0x555500002005
+    stream = (sample(7, 1_500_000_000, [leaf, ret]) + sample(7, 1_600_000_000, [leaf, ret])
+              + sample(8, 2_500_000_000, [leaf]) + sample(8, 2_600_000_000, []))
+    heap.feed_bytes(stream)
+    assert heap.self_samples == 4
+    assert cpu.samples == 3 and cpu.malformed == 1  # a sample without frames
+    stacks = dict(table.take_new())
+    both = next(k for k, v in stacks.items() if v == [leaf, ret - 1])
+    only = next(k for k, v in stacks.items() if v == [leaf])
+    assert sorted(cpu.take_counts()) == sorted([(0, 7, both, 2), (1, 8, only, 1)])
+
+
+def test_samples_without_a_cpu_decoder_are_only_counted() -> None:
+    from tests.unit.heap_records import sample
+
+    heap, _ = decoder()
+    heap.feed_bytes(sample(7, 1, [0x555500001234]))
+    assert heap.self_samples == 1 and heap.malformed == 0
