@@ -44,6 +44,8 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup build lint
+	cd rsprof-trace && $(CARGO) test --offline --quiet
+	cd rsprof-trace && $(CARGO) test --offline --quiet --features profiling
 	$(PY) -m pytest -q -ra tests
 
 unit: setup
@@ -53,4 +55,4 @@ bench: setup build
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf build $(VENV) rsprof/*.so rsprof/_ring.c rsprof/_unwind.c example/target tests/targets/target
+	rm -rf build $(VENV) rsprof/*.so rsprof/_ring.c rsprof/_unwind.c rsprof/_dwarf.c example/target tests/targets/target rsprof-trace/target tests/trace_app/target

@@ -22,7 +22,7 @@ extensions = [
 
 # The heap shim: a plain shared library (LD_PRELOAD), not a Python extension.
 SHIM_NAME = "librsprof_shim.so"
-SHIM_SOURCES = ["csrc/rsprof_shim.c", "csrc/rsprof_preload.c"]
+SHIM_SOURCES = ["csrc/rsprof_shim.c", "csrc/rsprof_sampler.c", "csrc/rsprof_preload.c"]
 SHIM_DEPENDS = [*SHIM_SOURCES, "csrc/rsprof_shim.h", "csrc/rsprof_shim_internal.h",
                 "csrc/rsprof_shm.h"]
 SHIM_FLAGS = ["-shared", "-fPIC", "-O2", "-g", "-fno-omit-frame-pointer",

@@ -24,6 +24,7 @@
 #endif
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <errno.h>
 #include <sched.h>
 #include <stdint.h>
@@ -274,6 +275,66 @@ static size_t boot_size(const void *p)
 
 #pragma GCC visibility push(default)
 RSPROF_INTERPOSED(DEFINE_HOOK)
+#pragma GCC visibility pop
+
+/* ------------------------------------------------------------------------ */
+/* Thread start: arm the CPU self-sampler in every new thread               */
+/* ------------------------------------------------------------------------ */
+
+/* Weak: a shim built without the self-sampler still links (and arms nothing). */
+RSPROF_HIDDEN void rsprof__sampler_thread_start(void) __attribute__((weak));
+
+/* Start routines waiting for their thread, passed by slot index (no malloc). */
+#define START_SLOTS 256
+struct start_slot {
+    int used;
+    void *(*fn)(void *);
+    void *arg;
+};
+static struct start_slot g_start[START_SLOTS];
+static int (*real_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *),
+                                  void *);
+
+static void *start_trampoline(void *p)
+{
+    struct start_slot *slot = p;
+    void *(*fn)(void *) = slot->fn;
+    void *arg = slot->arg;
+    __atomic_store_n(&slot->used, 0, __ATOMIC_RELEASE);
+    if (rsprof__sampler_thread_start != NULL)
+        rsprof__sampler_thread_start();
+    return fn(arg);
+}
+
+#pragma GCC visibility push(default)
+int pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*fn)(void *),
+                   void *arg)
+{
+    int (*real)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+        __atomic_load_n(&real_pthread_create, __ATOMIC_ACQUIRE);
+    if (real == NULL) {
+        real = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(
+            RTLD_NEXT, "pthread_create");
+        if (real == NULL)
+            return EAGAIN;
+        __atomic_store_n(&real_pthread_create, real, __ATOMIC_RELEASE);
+    }
+    if (rsprof__on()) {
+        for (int i = 0; i < START_SLOTS; i++) {
+            int unused = 0;
+            if (__atomic_compare_exchange_n(&g_start[i].used, &unused, 1, 0, __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                g_start[i].fn = fn;
+                g_start[i].arg = arg;
+                int rc = real(thread, attr, start_trampoline, &g_start[i]);
+                if (rc != 0)
+                    __atomic_store_n(&g_start[i].used, 0, __ATOMIC_RELEASE);
+                return rc;
+            }
+        }
+    }
+    return real(thread, attr, fn, arg); /* not recording, or 256 threads starting at once */
+}
 #pragma GCC visibility pop
 
 __attribute__((constructor(101))) static void preload_constructor(void)

@@ -626,6 +626,17 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
 /* Public API                                                                */
 /* ------------------------------------------------------------------------ */
 
+/* The SIGPROF self-sampler (csrc/rsprof_sampler.c), when linked in: hooks
+ * that record give it the chance to arm CPU timers, which it does only when
+ * the reader asked for self-sampling (header.reserved0 != 0). */
+RSPROF_HIDDEN void rsprof__sampler_enter(struct rsprof_shm_header *h) __attribute__((weak));
+
+static inline void sampler_enter(struct rsprof_shm_header *h)
+{
+    if (rsprof__sampler_enter != NULL && RSPROF_UNLIKELY(LOAD_RLX(&h->reserved0) != 0))
+        rsprof__sampler_enter(h);
+}
+
 __attribute__((noinline)) void rsprof_shim_record_alloc(void *ptr, size_t size)
 {
     struct rsprof_shm_header *h = hdr();
@@ -636,6 +647,7 @@ __attribute__((noinline)) void rsprof_shim_record_alloc(void *ptr, size_t size)
     /* errno: nothing on this path changes it except the slow paths (waiting
      * for ring space, mapping the table, naming a thread), which save it. */
     t_guard = 1;
+    sampler_enter(h);
     record_alloc(h, ptr, size, (uintptr_t)__builtin_frame_address(0));
     t_guard = 0;
 }
@@ -648,6 +660,7 @@ __attribute__((noinline)) void rsprof_shim_record_free(void *ptr)
     if (ptr == NULL || t_guard)
         return;
     t_guard = 1; /* errno: untouched here but in the (errno-saving) wait path */
+    sampler_enter(h);
     struct rsprof_rec_free rec = {RSPROF_FREE_WORD((uintptr_t)ptr)};
     ring_write(h, &rec, sizeof(rec), 0);
     t_guard = 0;

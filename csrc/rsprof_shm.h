@@ -108,7 +108,8 @@ struct rsprof_shm_header {
     uint32_t reader_pid;     /* atomic: the reader's pid, 0 when none */
     uint32_t state;          /* atomic: RSPROF_STATE_* */
     uint32_t session;        /* atomic: bumped by each attaching reader */
-    uint32_t reserved0;
+    uint32_t reserved0;      /* atomic, written by the reader: CPU self-sampling Hz it asks
+                              * for (0 = off; csrc/rsprof_sampler.c, RSPROF_REC_SAMPLE) */
 };
 
 /* RSPROF_REC_STACK: header, id, depth, frames[depth] (return addresses as walked) */

@@ -1224,7 +1224,8 @@ cdef class ShmRing:
             self.base = NULL
 
 
-def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state) -> int:
+def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
+                uint32_t self_sample_hz=0) -> int:
     """Size a new region file and write its header (the layout of rsprof_shm.h).
 
     pid 0 lets the first process that maps the region claim it (`rsprof run`
@@ -1247,6 +1248,7 @@ def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state) -> int
     hdr.max_frames = RSPROF_MAX_FRAMES
     hdr.heartbeat_ns = rsprof_monotonic_ns()
     hdr.state = state
+    hdr.reserved0 = self_sample_hz
     rsprof_store_release_u64(&hdr.magic, RSPROF_SHM_MAGIC)
     munmap(p, length)
     return length

@@ -39,6 +39,7 @@ _SYSTEM_LIB_PREFIXES = (
 _SPECIAL_MODULES = ("[vdso]", "[vsyscall]", "[unknown]")
 _RSPROF_MODULE_PREFIXES = ("librsprof",)
 _INTERNAL_CRATES = frozenset({"std", "core", "alloc", "proc_macro", "rsprof_trace", "__rustc"})
+_ALWAYS_INTERNAL_CRATES = frozenset({"rsprof_trace", "__rustc"})
 _RUNTIME_SYMBOLS = frozenset({
     "_start", "__libc_start_main", "__libc_start_call_main", "rust_begin_unwind",
     "rust_panic", "main",
@@ -85,6 +86,10 @@ def _crate_of(function: str) -> str:
 def is_internal(function: str, file: str | None, module: str) -> bool:
     """Whether a frame is library/runtime code rather than the user's own."""
     if is_system_module(module):
+        return True
+    if _crate_of(function) in _ALWAYS_INTERNAL_CRATES:
+        # Allocator shims and rsprof's own crate, wherever their source lives
+        # (a path dependency on rsprof-trace has a file outside any registry).
         return True
     if file:
         if file.startswith(_INTERNAL_FILE_PREFIXES):

@@ -75,7 +75,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         raise UsageError(f"{out} already exists")
     shim = str(shim_path())
     remove_stale_regions()
-    region = create_region()
+    region = create_region(self_sample_hz=cpu_freq if cpu_source == "self" else 0)
     env = dict(os.environ)
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[SHM_ENV] = region.name

@@ -37,15 +37,17 @@ class Region:
             os.unlink(self.path)
 
 
-def create_region(ring_bytes: int = DEFAULT_RING_BYTES) -> Region:
-    """A fresh private region in RECORDING state, for a target about to be launched."""
+def create_region(ring_bytes: int = DEFAULT_RING_BYTES, self_sample_hz: int = 0) -> Region:
+    """A fresh private region in RECORDING state, for a target about to be launched.
+
+    self_sample_hz > 0 has the shim's SIGPROF self-sampler running from the start."""
     name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:
         fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise RsprofError(f"cannot create shared memory in {SHM_DIR}: {exc.strerror}") from None
     try:
-        length = _ring.init_region(fd, ring_bytes, 0, _ring.STATE_RECORDING)
+        length = _ring.init_region(fd, ring_bytes, 0, _ring.STATE_RECORDING, self_sample_hz)
         ring = _ring.ShmRing(fd, length)
     except (OSError, ValueError) as exc:
         os.unlink(SHM_DIR / name)

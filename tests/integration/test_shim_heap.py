@@ -49,7 +49,8 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shim(build_dir: Path) -> Path:
     """A fresh build of the shim from csrc (the flags of setup.py)."""
     out = build_dir / "librsprof_shim.so"
-    _gcc(*SHIM_FLAGS, "-I", CSRC, "-o", out, CSRC / "rsprof_shim.c", CSRC / "rsprof_preload.c",
+    _gcc(*SHIM_FLAGS, "-I", CSRC, "-o", out, CSRC / "rsprof_shim.c", CSRC / "rsprof_sampler.c",
+         CSRC / "rsprof_preload.c",
          "-ldl")
     return out
 

@@ -1,0 +1,387 @@
+/* rsprof_sampler.c: CPU self-sampling inside the target (SIGPROF), the
+ * optional companion of rsprof_shim.c (linked by rsprof-trace's `cpu`
+ * feature and into librsprof_shim.so).
+ *
+ * When it runs: only while the region is RECORDING and the reader asked for
+ * it by writing a non-zero frequency into the header's `reserved0` (see
+ * csrc/rsprof_shm.h). The frequency used is the program's own choice when it
+ * defines `RSPROF_TRACE_CPU_HZ` (rsprof-trace's `profiler!(cpu = N)`),
+ * otherwise the reader's `reserved0`; clamped to 1..10000 Hz.
+ *
+ * Timers: one POSIX timer per thread on that thread's CPU-time clock
+ * (SIGEV_THREAD_ID, so SIGPROF goes to the thread that used the CPU).
+ * Created with the raw timer_create system call (no glibc bookkeeping, no
+ * malloc) when a thread first enters a recording hook in a session, and, at
+ * the first such entry of a session, for every thread in /proc/self/task
+ * (read with getdents64 into a stack buffer). The handler disarms its own
+ * timer when it finds the region no longer recording; the next session
+ * re-arms it. Entries of threads that have exited are reclaimed (timer_delete)
+ * when the table of RSPROF_SAMPLER_MAX_THREADS is full.
+ *
+ * The handler (SA_SIGINFO | SA_RESTART | SA_ONSTACK) is async-signal-safe: no
+ * malloc, no locks, errno kept. It takes the interrupted RIP/RBP (PC/X29 on
+ * aarch64) from the ucontext and walks frame records with the same bounds
+ * proof as the heap walk, but with a proof of its own (pages proven readable
+ * with process_vm_readv from the interrupted stack pointer upwards, kept in
+ * locals: the per-thread cache of the heap walk may be half-updated by the
+ * hook it interrupted). It writes one RSPROF_REC_SAMPLE with
+ * RSPROF_SHIM_NOWAIT: a full ring drops the sample and counts it in
+ * `dropped`, it never waits, so interrupting a hook (even one that holds a
+ * reserved, uncommitted ring slot or waits for space) cannot deadlock.
+ *
+ * A SIGPROF handler of the program's own: if SIGPROF has a handler (or is
+ * ignored) when sampling would start, rsprof installs nothing and never
+ * samples in this process (the program's handler is left alone; the heap
+ * recording is unaffected). If the program installs one after ours, the next
+ * session notices it and stops arming timers; signals of timers still armed
+ * then go to the program's handler at most until the session ends.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "rsprof_shim_internal.h"
+
+#define RSPROF_SAMPLER_MAX_THREADS 1024u
+#define RSPROF_SAMPLER_MAX_HZ 10000u
+#define PAGE 4096u
+#define MAX_STACK_SPAN (64u << 20)
+
+#define LOAD_RLX(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* The program's frequency (rsprof-trace exports it); absent otherwise. */
+extern const uint32_t RSPROF_TRACE_CPU_HZ __attribute__((weak, visibility("hidden")));
+
+struct tslot {
+    uint32_t tid;     /* 0: free */
+    int32_t kid;      /* kernel timer id */
+    uint32_t session; /* session it was (re-)armed for */
+    uint32_t interval_us;
+};
+
+static struct tslot g_slots[RSPROF_SAMPLER_MAX_THREADS];
+static int g_lock;          /* try-lock of the arming path (never taken in the handler) */
+static int g_handler;       /* 0 not yet, 1 ours installed, -1 never (a foreign handler) */
+static uint32_t g_scanned;  /* SESSION_TAG-like: last session whose threads were scanned, +1 */
+static RSPROF_IE_TLS uint64_t t_sampler_tag;
+
+static inline uint32_t gettid_raw(void)
+{
+    return (uint32_t)syscall(SYS_gettid);
+}
+
+static uint32_t effective_hz(uint32_t requested)
+{
+    uint32_t hz = requested;
+    if (&RSPROF_TRACE_CPU_HZ != NULL && RSPROF_TRACE_CPU_HZ != 0)
+        hz = RSPROF_TRACE_CPU_HZ;
+    if (hz > RSPROF_SAMPLER_MAX_HZ)
+        hz = RSPROF_SAMPLER_MAX_HZ;
+    return hz ? hz : 1;
+}
+
+static void set_timer(int kid, uint32_t interval_us)
+{
+    struct itimerspec its;
+    its.it_interval.tv_sec = interval_us / 1000000u;
+    its.it_interval.tv_nsec = (long)(interval_us % 1000000u) * 1000L;
+    its.it_value = its.it_interval;
+    syscall(SYS_timer_settime, (long)kid, 0L, &its, NULL);
+}
+
+static void disarm_timer(int kid)
+{
+    struct itimerspec its;
+    memset(&its, 0, sizeof(its));
+    syscall(SYS_timer_settime, (long)kid, 0L, &its, NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The handler                                                               */
+/* ------------------------------------------------------------------------ */
+
+static int page_readable(uintptr_t page)
+{
+    uint64_t probe;
+    struct iovec local = {&probe, sizeof(probe)};
+    struct iovec remote = {(void *)page, sizeof(probe)};
+    long got = syscall(SYS_process_vm_readv, (long)getpid(), &local, 1UL, &remote, 1UL, 0UL);
+    return got == (long)sizeof(probe);
+}
+
+/* Return addresses from the frame record at fp, on the stack above sp. */
+__attribute__((no_sanitize_address)) static uint32_t walk(uintptr_t sp, uintptr_t fp,
+                                                         uint64_t *out, uint32_t max)
+{
+    uint32_t n = 0;
+    uintptr_t lo = sp & ~(uintptr_t)(PAGE - 1), hi = lo;
+    for (unsigned steps = 0; n < max && steps < RSPROF_MAX_FRAMES + 16; steps++) {
+        if ((fp & 7) != 0 || fp < sp || fp + 16 < fp || fp + 16 - sp > MAX_STACK_SPAN)
+            break;
+        while (fp + 16 > hi) {
+            if (!page_readable(hi))
+                return n;
+            hi += PAGE;
+        }
+        const uintptr_t *rec = (const uintptr_t *)fp;
+        uintptr_t next = rec[0], ret = rec[1];
+        if (ret < 4096)
+            break;
+        out[n++] = ret;
+        if (next <= fp)
+            break;
+        fp = next;
+    }
+    (void)lo;
+    return n;
+}
+
+static void on_sigprof(int sig, siginfo_t *si, void *ucv)
+{
+    (void)sig;
+    int saved = errno;
+    struct rsprof_shm_header *h = __atomic_load_n(&rsprof__hdr, __ATOMIC_ACQUIRE);
+    uint32_t idx = (uint32_t)si->si_value.sival_int;
+    if (si->si_code != SI_TIMER || idx >= RSPROF_SAMPLER_MAX_THREADS) {
+        errno = saved;
+        return; /* not one of our timers (kill -PROF, setitimer): ignored */
+    }
+    struct tslot *s = &g_slots[idx];
+    if (!rsprof__on() || LOAD_RLX(&h->reserved0) == 0) {
+        uint32_t armed_for = LOAD_ACQ(&s->session);
+        disarm_timer(LOAD_RLX(&s->kid));
+        /* Re-armed for a new session meanwhile: keep it running. */
+        if (LOAD_ACQ(&s->session) != armed_for)
+            set_timer(LOAD_RLX(&s->kid), LOAD_RLX(&s->interval_us));
+        errno = saved;
+        return;
+    }
+    const ucontext_t *uc = ucv;
+    uintptr_t ip, fp, sp;
+#if defined(__x86_64__)
+    ip = (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+    fp = (uintptr_t)uc->uc_mcontext.gregs[REG_RBP];
+    sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+#else
+    ip = (uintptr_t)uc->uc_mcontext.pc;
+    fp = (uintptr_t)uc->uc_mcontext.regs[29];
+    sp = (uintptr_t)uc->uc_mcontext.sp;
+#endif
+    uint64_t buf[3 + RSPROF_MAX_FRAMES];
+    struct rsprof_rec_sample *rec = (struct rsprof_rec_sample *)(void *)buf;
+    uint64_t *frames = buf + 3;
+    uint32_t max = h->max_frames < RSPROF_MAX_FRAMES ? h->max_frames : RSPROF_MAX_FRAMES;
+    uint32_t depth = 0;
+    if (max > 0) {
+        frames[0] = ip;
+        depth = 1 + walk(sp, fp, frames + 1, max - 1);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
+    rec->header = RSPROF_REC_HEADER(RSPROF_REC_SAMPLE, size);
+    rec->tid = gettid_raw();
+    rec->depth = depth;
+    rec->time_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    rsprof_shim_write_record(buf, size, RSPROF_SHIM_NOWAIT);
+    errno = saved;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arming (hook context, under the try-lock)                                 */
+/* ------------------------------------------------------------------------ */
+
+static int handler_ours(void)
+{
+    struct sigaction cur;
+    if (sigaction(SIGPROF, NULL, &cur) != 0)
+        return 0;
+    return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigprof;
+}
+
+static int install_handler(void)
+{
+    if (g_handler == 1)
+        return handler_ours() ? 1 : (g_handler = -1, 0);
+    if (g_handler < 0)
+        return 0;
+    struct sigaction cur;
+    if (sigaction(SIGPROF, NULL, &cur) != 0)
+        return 0;
+    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == SIG_DFL) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_sigaction = on_sigprof;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGPROF, &sa, NULL) == 0) {
+            g_handler = 1;
+            return 1;
+        }
+        return 0;
+    }
+    g_handler = -1; /* the program's own handler (or SIG_IGN): leave it alone */
+    return 0;
+}
+
+static int thread_alive(uint32_t tid)
+{
+    return !(syscall(SYS_tgkill, (long)getpid(), (long)tid, 0L) != 0 && errno == ESRCH);
+}
+
+static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
+{
+    struct tslot *free_slot = NULL;
+    for (uint32_t i = 0; i < RSPROF_SAMPLER_MAX_THREADS; i++) {
+        struct tslot *s = &g_slots[i];
+        if (s->tid == tid) {
+            if (LOAD_RLX(&s->session) != sess || s->interval_us != interval_us) {
+                STORE_REL(&s->interval_us, interval_us);
+                STORE_REL(&s->session, sess);
+                set_timer(s->kid, interval_us);
+            }
+            return;
+        }
+        if (s->tid == 0 && free_slot == NULL)
+            free_slot = s;
+    }
+    if (free_slot == NULL) {
+        for (uint32_t i = 0; i < RSPROF_SAMPLER_MAX_THREADS; i++) {
+            struct tslot *s = &g_slots[i];
+            if (!thread_alive(s->tid)) {
+                syscall(SYS_timer_delete, (long)s->kid);
+                STORE_REL(&s->tid, 0u);
+                if (free_slot == NULL)
+                    free_slot = s;
+            }
+        }
+        if (free_slot == NULL)
+            return;
+    }
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGPROF;
+    sev.sigev_value.sival_int = (int)(free_slot - g_slots);
+#ifdef sigev_notify_thread_id
+    sev.sigev_notify_thread_id = (pid_t)tid;
+#else
+    sev._sigev_un._tid = (pid_t)tid;
+#endif
+    /* The CPU-time clock of thread `tid` (the kernel's MAKE_THREAD_CPUCLOCK). */
+    clockid_t clk = (clockid_t)((~(uint32_t)tid) << 3) | 6;
+    int kid = -1;
+    if (syscall(SYS_timer_create, (long)clk, &sev, &kid) != 0)
+        return;
+    free_slot->kid = kid;
+    STORE_REL(&free_slot->interval_us, interval_us);
+    STORE_REL(&free_slot->session, sess);
+    STORE_REL(&free_slot->tid, tid);
+    set_timer(kid, interval_us);
+}
+
+struct linux_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static void arm_all_threads(uint32_t sess, uint32_t interval_us)
+{
+    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[2048] __attribute__((aligned(8)));
+    for (;;) {
+        long n = syscall(SYS_getdents64, (long)fd, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct linux_dirent64 *d = (struct linux_dirent64 *)(void *)(buf + off);
+            uint32_t tid = 0;
+            for (const char *c = d->d_name; *c >= '0' && *c <= '9'; c++)
+                tid = tid * 10 + (uint32_t)(*c - '0');
+            if (tid != 0)
+                arm_thread(tid, sess, interval_us);
+            off += d->d_reclen;
+        }
+    }
+    close(fd);
+}
+
+/* Called by the shim's hooks while recording (its recursion guard set). */
+RSPROF_HIDDEN void rsprof__sampler_enter(struct rsprof_shm_header *h);
+void rsprof__sampler_enter(struct rsprof_shm_header *h)
+{
+    uint32_t requested = LOAD_RLX(&h->reserved0);
+    if (RSPROF_LIKELY(requested == 0))
+        return;
+    uint32_t sess = LOAD_ACQ(&h->session);
+    uint64_t tag = (1ull << 32) | sess;
+    if (RSPROF_LIKELY(t_sampler_tag == tag) || g_handler < 0)
+        return;
+    int unlocked = 0;
+    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED))
+        return; /* another thread is arming: try again at the next hook */
+    int saved = errno;
+    if (install_handler()) {
+        uint32_t interval_us = 1000000u / effective_hz(requested);
+        if (LOAD_RLX(&g_scanned) != sess + 1) {
+            STORE_REL(&g_scanned, sess + 1);
+            arm_all_threads(sess, interval_us);
+        }
+        arm_thread(gettid_raw(), sess, interval_us);
+    }
+    t_sampler_tag = tag;
+    errno = saved;
+    STORE_REL(&g_lock, 0);
+}
+
+/* A thread that starts while self-sampling is on arms its own timer at once,
+ * before running its start routine: a worker that only computes never enters
+ * an allocation hook, and would otherwise never be sampled. Called from the
+ * pthread_create trampoline of the LD_PRELOAD shim. */
+RSPROF_HIDDEN void rsprof__sampler_thread_start(void);
+void rsprof__sampler_thread_start(void)
+{
+    struct rsprof_shm_header *h = __atomic_load_n(&rsprof__hdr, __ATOMIC_ACQUIRE);
+    if (h == NULL || !rsprof__on() || g_handler <= 0)
+        return;
+    uint32_t requested = LOAD_RLX(&h->reserved0);
+    if (requested == 0)
+        return;
+    int saved = errno;
+    uint32_t sess = LOAD_ACQ(&h->session);
+    int unlocked = 0;
+    for (unsigned spins = 0; !__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0,
+                                                          __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+         spins++) {
+        unlocked = 0;
+        if (spins > 1000) { /* the arming thread is stuck: give up, a hook retries */
+            errno = saved;
+            return;
+        }
+        sched_yield();
+    }
+    arm_thread(gettid_raw(), sess, 1000000u / effective_hz(requested));
+    t_sampler_tag = (1ull << 32) | sess;
+    STORE_REL(&g_lock, 0);
+    errno = saved;
+}

@@ -1,0 +1,34 @@
+//! `profiler!(alloc: Type = <expression>, cpu = N)` (interior mutability allowed).
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Tagged {
+    calls: AtomicUsize,
+}
+
+impl Tagged {
+    pub const fn new() -> Self {
+        Tagged { calls: AtomicUsize::new(0) }
+    }
+}
+
+unsafe impl GlobalAlloc for Tagged {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+rsprof_trace::profiler!(alloc: Tagged = Tagged::new(), cpu = 31);
+
+#[test]
+fn expression_allocator_is_used() {
+    let b = std::hint::black_box(Box::new([1u8; 64]));
+
+    assert_eq!(b[63], 1);
+    #[cfg(feature = "cpu")]
+    assert_eq!(RSPROF_TRACE_CPU_HZ, 31);
+}
