@@ -1,4 +1,5 @@
-"""Target slowdown while sampled: unprofiled vs `perf record` vs rsprof, same frequency.
+"""Target slowdown while sampled: unprofiled vs `perf record` vs rsprof (perf events, and
+the shim's SIGPROF self-sampler with the shim preloaded), same frequency.
 
 The target (tests/targets fixed_work) does a fixed amount of CPU work on
 2 threads and reports how long the work took. Each configuration runs
@@ -10,6 +11,7 @@ The target (tests/targets fixed_work) does a fixed amount of CPU work on
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import tempfile
@@ -17,11 +19,16 @@ from pathlib import Path
 
 from common import TARGETS, build_targets, fmt_ratio, median, require, rsprof_cmd, rsprof_env
 
+from rsprof.shim import shim_path
+
 
 def run_once(mode: str, freq: int, rounds: int, threads: int, tmp: Path) -> float:
+    env = dict(os.environ)
+    if mode in ("self", "shim"):
+        env["LD_PRELOAD"] = str(shim_path())  # the shim in the target: self-sampling
     target = subprocess.Popen([str(TARGETS / "fixed_work"), "--threads", str(threads),
                                "--rounds", str(rounds), "--delay", "3"],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=env)
     assert target.stdout is not None
     target.stdout.readline()  # ready
     profiler = None
@@ -30,11 +37,13 @@ def run_once(mode: str, freq: int, rounds: int, threads: int, tmp: Path) -> floa
             ["perf", "record", "-e", "cpu-clock", "-F", str(freq), "-g", "-p",
              str(target.pid), "-o", str(tmp / "perf.data")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elif mode == "rsprof":
+    elif mode in ("rsprof", "self"):
         db = tmp / "bench.db"
         db.unlink(missing_ok=True)
+        source = "self" if mode == "self" else "perf"
         profiler = subprocess.Popen(
-            rsprof_cmd("-p", str(target.pid), "-q", "--cpu-freq", str(freq), "-o", str(db)),
+            rsprof_cmd("-p", str(target.pid), "-q", "--cpu-freq", str(freq), "--cpu-source",
+                       source, "-o", str(db)),
             env=rsprof_env(tmp / "cache"), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
     line = target.stdout.readline()
@@ -62,9 +71,9 @@ def main() -> None:
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.reps):
             for freq in freqs:
-                for mode in ("none", "perf", "rsprof"):
-                    key = (mode, 0 if mode == "none" else freq)
-                    if mode == "none" and freq != freqs[0]:
+                for mode in ("none", "shim", "perf", "rsprof", "self"):
+                    key = (mode, 0 if mode in ("none", "shim") else freq)
+                    if mode in ("none", "shim") and freq != freqs[0]:
                         continue
                     times.setdefault(key, []).append(
                         run_once(mode, freq, args.rounds, args.threads, tmp))
@@ -73,10 +82,13 @@ def main() -> None:
           f"{args.reps} runs each, medians")
     print(f"{'configuration':<22}{'median s':>10}{'vs unprofiled':>16}")
     print(f"{'unprofiled':<22}{base:>10.3f}{'1.000x':>16}")
+    shim = median(times[("shim", 0)])
+    print(f"{'shim preloaded, idle':<22}{shim:>10.3f}{fmt_ratio(shim, base):>16}")
+    labels = {"perf": "perf record", "rsprof": "rsprof", "self": "rsprof self"}
     for freq in freqs:
-        for mode in ("perf", "rsprof"):
+        for mode in ("perf", "rsprof", "self"):
             value = median(times[(mode, freq)])
-            label = f"{'perf record' if mode == 'perf' else 'rsprof'} {freq} Hz"
+            label = f"{labels[mode]} {freq} Hz"
             print(f"{label:<22}{value:>10.3f}{fmt_ratio(value, base):>16}")
 
 
