@@ -433,14 +433,17 @@ cdef class PerfDecoder:
             self.truncated += 1
         if abi != 0 and stack != NULL:
             n = self._scan_caller(n, bp, sp, stack, dyn_size)
-        sid = self.stacks.intern(self.frames, n)
-        rel = <int64_t>t - self.start_ns
+        return self._count_frames(tid, t, n)
+
+    cdef int _count_frames(self, uint32_t tid, uint64_t t, uint32_t n) except -1:
+        """Intern self.frames[:n] and count one sample of thread tid at time t."""
+        cdef int64_t sid = self.stacks.intern(self.frames, n)
+        cdef int64_t rel = <int64_t>t - self.start_ns
         if rel < 0:
             self.early_samples += 1
             rel = 0
-        interval = <uint64_t>(rel // self.interval_ns)
         self.samples += 1
-        self._count((<uint64_t>tid << 32) | <uint64_t>sid, interval)
+        self._count((<uint64_t>tid << 32) | <uint64_t>sid, <uint64_t>(rel // self.interval_ns))
         return 0
 
     cdef int _self_sample(self, uint32_t tid, uint64_t t, const uint8_t* raw,
@@ -459,15 +462,7 @@ cdef class PerfDecoder:
         if n == 0:
             self.malformed += 1
             return 0
-        sid = self.stacks.intern(self.frames, n)
-        rel = <int64_t>t - self.start_ns
-        if rel < 0:
-            self.early_samples += 1
-            rel = 0
-        interval = <uint64_t>(rel // self.interval_ns)
-        self.samples += 1
-        self._count((<uint64_t>tid << 32) | <uint64_t>sid, interval)
-        return 0
+        return self._count_frames(tid, t, n)
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size) except -1:
         cdef uint64_t v
