@@ -101,6 +101,16 @@ cdef inline uint64_t _mix(uint64_t a, uint64_t b) noexcept nogil:
     return h
 
 
+cdef void* _resized(void* p, size_t nbytes, size_t old_bytes) except NULL:
+    """realloc that raises MemoryError; bytes past old_bytes come back zeroed."""
+    cdef void* q = realloc(p, nbytes if nbytes else 1)
+    if q == NULL:
+        raise MemoryError()
+    if nbytes > old_bytes:
+        memset(<uint8_t*>q + old_bytes, 0, nbytes - old_bytes)
+    return q
+
+
 cdef struct CountSlot:
     uint64_t key      # tid << 32 | stack id
     uint64_t interval # interval index + 1; 0 marks an empty slot
@@ -261,27 +271,11 @@ cdef class PerfDecoder:
                                  key=lambda r: r[0])
         cdef Py_ssize_t n = len(items), i
         cdef const uint8_t[::1] view
-        cdef void* p
-        p = realloc(self.code_starts, (n + 1) * sizeof(uint64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.code_starts = <uint64_t*>p
-        p = realloc(self.code_ends, (n + 1) * sizeof(uint64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.code_ends = <uint64_t*>p
-        p = realloc(self.code_system, n + 1)
-        if p == NULL:
-            raise MemoryError()
-        self.code_system = <uint8_t*>p
-        p = realloc(self.code_bytes, (n + 1) * sizeof(uint8_t*))
-        if p == NULL:
-            raise MemoryError()
-        self.code_bytes = <const uint8_t**>p
-        p = realloc(self.code_lens, (n + 1) * sizeof(uint64_t))
-        if p == NULL:
-            raise MemoryError()
-        self.code_lens = <uint64_t*>p
+        self.code_starts = <uint64_t*>_resized(self.code_starts, (n + 1) * 8, 0)
+        self.code_ends = <uint64_t*>_resized(self.code_ends, (n + 1) * 8, 0)
+        self.code_system = <uint8_t*>_resized(self.code_system, n + 1, 0)
+        self.code_bytes = <const uint8_t**>_resized(self.code_bytes, (n + 1) * sizeof(uint8_t*), 0)
+        self.code_lens = <uint64_t*>_resized(self.code_lens, (n + 1) * 8, 0)
         self.code_views = []
         for i in range(n):
             self.code_starts[i] = items[i][0]
@@ -770,51 +764,20 @@ cdef class HeapDecoder:
 
     cdef int _grow_sites(self, uint64_t need) except -1:
         cdef uint64_t cap = self.sites_cap if self.sites_cap else 1024
-        cdef void* p
         while cap < need:
             cap *= 2
         if cap == self.sites_cap:
             return 0
-        p = realloc(self.allocs, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.allocs = <uint64_t*>p
-        p = realloc(self.alloc_bytes, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.alloc_bytes = <uint64_t*>p
-        p = realloc(self.frees, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.frees = <uint64_t*>p
-        p = realloc(self.free_bytes, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.free_bytes = <uint64_t*>p
-        p = realloc(self.live_bytes, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.live_bytes = <uint64_t*>p
-        p = realloc(self.peak_bytes, cap * 8)
-        if p == NULL:
-            raise MemoryError()
-        self.peak_bytes = <uint64_t*>p
-        p = realloc(self.changed, cap)
-        if p == NULL:
-            raise MemoryError()
-        self.changed = <uint8_t*>p
-        p = realloc(self.changed_list, cap * 4)
-        if p == NULL:
-            raise MemoryError()
-        self.changed_list = <uint32_t*>p
         cdef uint64_t old = self.sites_cap
-        memset(self.allocs + old, 0, (cap - old) * 8)
-        memset(self.alloc_bytes + old, 0, (cap - old) * 8)
-        memset(self.frees + old, 0, (cap - old) * 8)
-        memset(self.free_bytes + old, 0, (cap - old) * 8)
-        memset(self.live_bytes + old, 0, (cap - old) * 8)
-        memset(self.peak_bytes + old, 0, (cap - old) * 8)
-        memset(self.changed + old, 0, cap - old)
+        # Every per-site array grows together; new sites start at zero.
+        self.allocs = <uint64_t*>_resized(self.allocs, cap * 8, old * 8)
+        self.alloc_bytes = <uint64_t*>_resized(self.alloc_bytes, cap * 8, old * 8)
+        self.frees = <uint64_t*>_resized(self.frees, cap * 8, old * 8)
+        self.free_bytes = <uint64_t*>_resized(self.free_bytes, cap * 8, old * 8)
+        self.live_bytes = <uint64_t*>_resized(self.live_bytes, cap * 8, old * 8)
+        self.peak_bytes = <uint64_t*>_resized(self.peak_bytes, cap * 8, old * 8)
+        self.changed = <uint8_t*>_resized(self.changed, cap, old)
+        self.changed_list = <uint32_t*>_resized(self.changed_list, cap * 4, old * 4)
         self.sites_cap = cap
         return 0
 
@@ -953,7 +916,6 @@ cdef class HeapDecoder:
         cdef uint32_t shim_id, depth, tid, n
         cdef uint64_t ptr, nbytes, word
         cdef int64_t sid
-        cdef void* p
         memcpy(&word, rec, 8)
         if rtype == RSPROF_REC_ALLOC:
             memcpy(&ptr, rec + 8, 8)
@@ -980,10 +942,8 @@ cdef class HeapDecoder:
                 return 0
             sid = self._intern_walked(rec + 16, depth)
             while shim_id >= self.shim_ids_cap:
-                p = realloc(self.shim_ids, self.shim_ids_cap * 2 * sizeof(uint32_t))
-                if p == NULL:
-                    raise MemoryError()
-                self.shim_ids = <uint32_t*>p
+                self.shim_ids = <uint32_t*>_resized(self.shim_ids,
+                                                    self.shim_ids_cap * 2 * sizeof(uint32_t), 0)
                 memset(self.shim_ids + self.shim_ids_cap, 0xff,
                        self.shim_ids_cap * sizeof(uint32_t))
                 self.shim_ids_cap *= 2
