@@ -12,6 +12,7 @@ import click
 
 from rsprof import __version__
 from rsprof.commands.list_profiles import list_command
+from rsprof.commands.options import sampling_options
 from rsprof.commands.query import query_command
 from rsprof.commands.record import record_command
 from rsprof.commands.run import run_command
@@ -43,15 +44,7 @@ Report and query a saved profile (default: the newest in this directory):
               help="Profile file (default: rsprof-<process>-<time>.db here).")
 @click.option("-d", "--duration", metavar="DURATION",
               help="Stop after this long (10s, 2m, 500ms); default: until Ctrl-C or exit.")
-@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION",
-              help="Aggregation and commit interval.")
-@click.option("--cpu-freq", default=99, show_default=True, type=int,
-              help="CPU sampling frequency in Hz (1..10000).")
-@click.option("--cpu-source", type=click.Choice(["auto", "perf", "self"]), default="auto",
-              show_default=True,
-              help="perf events, or the shim's SIGPROF self-sampler (needs the shim in the "
-                   "target); auto uses perf and falls back to self-sampling when perf is "
-                   "not permitted.")
+@sampling_options
 @click.option("--append", is_flag=True, help="Add to an existing profile, continuing its timeline.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No interactive display: a progress line a second on stderr.")

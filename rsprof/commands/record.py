@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rsprof.duration import parse_duration
+from rsprof.commands.options import parse_sampling
 from rsprof.errors import UsageError
 from rsprof.recording.heap_region import find_region, remove_stale_regions
 from rsprof.recording.process import find_by_name, process_info
 from rsprof.recording.recorder import Recorder, RecordOptions
-
-MIN_FREQ, MAX_FREQ = 1, 10000
 
 
 def default_output(process_name: str, now: float | None = None) -> Path:
@@ -26,10 +24,7 @@ def record_command(pid: int | None, name: str | None, output: str | None,
                    append: bool, quiet: bool) -> int:
     if pid is not None and name is not None:
         raise UsageError("give either -p PID or -P NAME, not both")
-    if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
-        raise UsageError(f"--cpu-freq must be between {MIN_FREQ} and {MAX_FREQ} Hz")
-    duration_s = parse_duration(duration, "duration") if duration is not None else None
-    interval_s = parse_duration(interval, "interval")
+    duration_s, interval_s = parse_sampling(duration, interval, cpu_freq)
     if pid is None:
         assert name is not None
         pid = find_by_name(name)

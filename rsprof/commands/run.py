@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from rsprof.commands.record import MAX_FREQ, MIN_FREQ, default_output
-from rsprof.duration import parse_duration
+from rsprof.commands.options import parse_sampling, sampling_options
+from rsprof.commands.record import default_output
 from rsprof.errors import RsprofError, UsageError
 from rsprof.recording.heap_region import create_region, remove_stale_regions
 from rsprof.recording.process import ProcessInfo
@@ -42,14 +42,7 @@ def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
               help="Profile file (default: rsprof-<program>-<time>.db here).")
 @click.option("-d", "--duration", metavar="DURATION",
               help="Stop recording after this long; the program keeps running.")
-@click.option("-i", "--interval", default="1s", show_default=True, metavar="DURATION",
-              help="Aggregation and commit interval.")
-@click.option("--cpu-freq", default=99, show_default=True, type=int,
-              help="CPU sampling frequency in Hz (1..10000).")
-@click.option("--cpu-source", type=click.Choice(["auto", "perf", "self"]), default="auto",
-              show_default=True,
-              help="perf events, or the shim's SIGPROF self-sampler; auto falls back to "
-                   "self-sampling when perf is not permitted.")
+@sampling_options
 @click.option("-q", "--quiet", is_flag=True, help="No interactive display.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
@@ -63,10 +56,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
     recording and its exit code is reported. Programs it exec()s are not
     recorded.
     """
-    if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
-        raise UsageError(f"--cpu-freq must be between {MIN_FREQ} and {MAX_FREQ} Hz")
-    duration_s = parse_duration(duration, "duration") if duration is not None else None
-    interval_s = parse_duration(interval, "interval")
+    duration_s, interval_s = parse_sampling(duration, interval, cpu_freq)
     program = shutil.which(command[0])
     if program is None:
         raise UsageError(f"cannot run {command[0]!r}: no such program")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from rsprof.commands.options import report_options
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
 from rsprof.report.heap import build_heap_report, human_bytes
@@ -20,17 +21,11 @@ def top_group() -> None:
 
 
 @top_group.command("cpu")
-@click.argument("profile", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Number of functions to show.")
+@report_options("functions", "samples")
 @click.option("--threshold", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Hide functions below this % (of the sort column).")
 @click.option("--sort", "sort_by", type=click.Choice(["self", "total"]), default="self",
               show_default=True, help="Order by self or total (inclusive) share.")
-@click.option("--include-internal", is_flag=True,
-              help="Charge samples to the true leaf, even in std, dependencies or libc.")
-@click.option("--json", "as_json", is_flag=True, help="Write JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Write CSV.")
 def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
             include_internal: bool, as_json: bool, as_csv: bool) -> None:
     """Functions by self CPU %, with total (inclusive) % and file:line.
@@ -89,13 +84,7 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
 
 
 @top_group.command("heap")
-@click.argument("profile", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-n", "--limit", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Number of call sites to show.")
-@click.option("--include-internal", is_flag=True,
-              help="Charge allocations to the true leaf, even in std or dependencies.")
-@click.option("--json", "as_json", is_flag=True, help="Write JSON.")
-@click.option("--csv", "as_csv", is_flag=True, help="Write CSV.")
+@report_options("call sites", "allocations")
 def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: bool,
              as_csv: bool) -> None:
     """Allocation sites by live bytes: live, total allocated, allocs, frees, file:line.
