@@ -156,10 +156,7 @@ JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id;
 
 CREATE VIEW IF NOT EXISTS heap_timeline AS
-SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
-                'unixepoch', 'localtime') AS time,
-       round(r.start_time + c.interval * r.interval_s
-             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+SELECT {interval_time}
        f.function AS function,
        f.file AS file,
        f.line AS line,
@@ -196,10 +193,7 @@ JOIN modules m ON m.id = a.module_id;
 # cpu_samples charges by the default rule, cpu_leaf_samples by the true leaf:
 # the same view over a different stored frame.
 _CPU_SAMPLES_VIEW = """CREATE VIEW IF NOT EXISTS {name} AS
-SELECT strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
-                'unixepoch', 'localtime') AS time,
-       round(r.start_time + c.interval * r.interval_s
-             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,
+SELECT {interval_time}
        COALESCE(t.name, '') AS thread,
        c.tid AS tid,
        f.function AS function,
@@ -217,7 +211,15 @@ JOIN modules m ON m.id = f.module_id
 LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
 """
 
+# When an interval (row c of a per-interval table, joined to its recording r) began:
+# local wall-clock time, and seconds since the profile's first recording began.
+_INTERVAL_TIME = """strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.interval_s,
+                'unixepoch', 'localtime') AS time,
+       round(r.start_time + c.interval * r.interval_s
+             - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,"""
+
 VIEWS = VIEWS_TEMPLATE.replace("{cpu_sample_views}", "\n".join(
-    _CPU_SAMPLES_VIEW.format(name=name, frame_column=column) + "\n"
+    _CPU_SAMPLES_VIEW.replace("{interval_time}", _INTERVAL_TIME).format(
+        name=name, frame_column=column) + "\n"
     for name, column in (("cpu_samples", "user_frame_id"), ("cpu_leaf_samples", "leaf_frame_id"))
-))
+)).replace("{interval_time}", _INTERVAL_TIME)

@@ -328,8 +328,9 @@ class ProfileWriter:
             (self.recording_id, tid, name),
         )
 
-    def thread_names(self) -> dict[int, str]:
-        return dict(self._threads)
+    def thread_names(self) -> Mapping[int, str]:
+        """The names stored so far (a live read-only view, not a copy)."""
+        return self._threads
 
     # -- meta -----------------------------------------------------------------
 
