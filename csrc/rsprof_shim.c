@@ -154,7 +154,10 @@ static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, 
     int waited = 0;
     for (;;) {
         if (!recording(h)) {
-            ADD_RLX(&h->dropped, 1);
+            /* A drop only if the reader vanished (STOPPED); a reader that
+             * detached (IDLE) ended the recording, so nothing is lost. */
+            if (LOAD_RLX(&h->state) == RSPROF_STATE_STOPPED)
+                ADD_RLX(&h->dropped, 1);
             return 0;
         }
         uint64_t r = LOAD_RLX(&h->reserve);

@@ -83,7 +83,6 @@ class Recorder:
         self._stop_reason: str | None = None
         self.exit_code: int | None = None
         self.cpu_source = "perf"
-        self._shim_counters: dict[str, int] | None = None
         self.own_cpu_s = 0.0
         self.own_max_rss_kb = 0
         self._start_ns = 0
@@ -228,9 +227,6 @@ class Recorder:
             while self._drain_heap():
                 pass
             if self.heap is not None and reason != "exited":
-                # The shim's counters as of the end of the recording: a writer that
-                # finds the region idle after this is not dropping recorded data.
-                self._shim_counters = self.heap.ring.counters()
                 self.heap.ring.detach()
                 while self._drain_heap():  # records reserved before the detach
                     pass
@@ -306,7 +302,7 @@ class Recorder:
     def _heap_counters(self, writer: ProfileWriter) -> None:
         assert self.heap is not None and self.heap_decoder is not None
         h = self.heap_decoder
-        shim = self._shim_counters or self.heap.ring.counters()
+        shim = self.heap.ring.counters()
         c = writer.counters
         c.heap_allocs = h.alloc_records
         c.heap_frees = h.free_records
