@@ -11,7 +11,7 @@ EXAMPLE_BIN := example/target/release/rsprof-example
 TARGETS_STAMP := tests/targets/target/release/cpu_split
 DEMO_DB := demo.db
 
-.PHONY: all setup build demo test lint typecheck unit bench clean
+.PHONY: all setup build demo test lint typecheck unit bench clean tools
 
 all: setup build
 
@@ -43,7 +43,16 @@ lint: setup
 	$(VENV)/bin/ruff check rsprof tests bench
 	$(VENV)/bin/mypy
 
-test: setup build lint
+# Programs the terminal tests drive (tmux); installed with apt-get when missing and
+# root. Elsewhere those tests skip with a reason, but never in CI (CI=true).
+tools:
+	@command -v tmux >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq tmux >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null 2>&1)); } || true
+	@command -v tmux >/dev/null || { echo "make: tmux is missing: the terminal tests will skip"; \
+	  [ "$${CI:-}" != true ] || { echo "make: CI needs tmux"; exit 1; }; }
+
+test: setup build lint tools
 	cd rsprof-trace && $(CARGO) test --offline --quiet
 	cd rsprof-trace && $(CARGO) test --offline --quiet --features profiling
 	$(PY) -m pytest -q -ra tests

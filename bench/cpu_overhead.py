@@ -5,7 +5,8 @@ The target (tests/targets fixed_work) does a fixed amount of CPU work on
 2 threads and reports how long the work took. Each configuration runs
 --reps times, interleaved; medians are compared.
 
-    .venv/bin/python bench/cpu_overhead.py [--reps 7] [--rounds 400000]
+    .venv/bin/python bench/cpu_overhead.py [--reps 7] [--rounds 400000] [--freqs 99,999]
+        [--modes none,shim,perf,rsprof,self]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from common import TARGETS, build_targets, fmt_ratio, median, require, rsprof_cmd, rsprof_env
 
 from rsprof.shim import shim_path
+
+MODES = ("none", "shim", "perf", "rsprof", "self")
 
 
 def run_once(mode: str, freq: int, rounds: int, threads: int, tmp: Path) -> float:
@@ -62,7 +65,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=400000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--freqs", default="99,999")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="configurations to run (none, the baseline, always runs)")
     args = parser.parse_args()
+    modes = ["none", *(m for m in args.modes.split(",") if m in MODES and m != "none")]
     require("perf")
     build_targets()
     freqs = [int(f) for f in args.freqs.split(",")]
@@ -71,7 +77,7 @@ def main() -> None:
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.reps):
             for freq in freqs:
-                for mode in ("none", "shim", "perf", "rsprof", "self"):
+                for mode in modes:
                     key = (mode, 0 if mode in ("none", "shim") else freq)
                     if mode in ("none", "shim") and freq != freqs[0]:
                         continue
@@ -82,11 +88,12 @@ def main() -> None:
           f"{args.reps} runs each, medians")
     print(f"{'configuration':<22}{'median s':>10}{'vs unprofiled':>16}")
     print(f"{'unprofiled':<22}{base:>10.3f}{'1.000x':>16}")
-    shim = median(times[("shim", 0)])
-    print(f"{'shim preloaded, idle':<22}{shim:>10.3f}{fmt_ratio(shim, base):>16}")
+    if "shim" in modes:
+        shim = median(times[("shim", 0)])
+        print(f"{'shim preloaded, idle':<22}{shim:>10.3f}{fmt_ratio(shim, base):>16}")
     labels = {"perf": "perf record", "rsprof": "rsprof", "self": "rsprof self"}
     for freq in freqs:
-        for mode in ("perf", "rsprof", "self"):
+        for mode in (m for m in ("perf", "rsprof", "self") if m in modes):
             value = median(times[(mode, freq)])
             label = f"{labels[mode]} {freq} Hz"
             print(f"{label:<22}{value:>10.3f}{fmt_ratio(value, base):>16}")

@@ -18,6 +18,15 @@
  * re-arms it. Entries of threads that have exited are reclaimed (timer_delete)
  * when the table of RSPROF_SAMPLER_MAX_THREADS is full.
  *
+ * Threads started later: under LD_PRELOAD the pthread_create trampoline arms
+ * them at their start. Where nothing wraps pthread_create (rsprof-trace links
+ * the shim statically), a thread that only computes never enters a hook, so
+ * the first arming of a session also starts a "scout": one timer on the
+ * process's CPU-time clock (SIGEV_SIGNAL, every RSPROF_SCOUT_MS of process
+ * CPU) whose signal makes the handler re-read /proc/self/task and arm the
+ * threads it has not armed yet (under the same try-lock; if the interrupted
+ * code holds it, the next scout retries). A scout signal is never a sample.
+ *
  * The handler (SA_SIGINFO | SA_RESTART | SA_ONSTACK) is async-signal-safe: no
  * malloc, no locks, errno kept. It takes the interrupted RIP/RBP (PC/X29 on
  * aarch64) from the ucontext and walks frame records with the same bounds
@@ -29,12 +38,22 @@
  * `dropped`, it never waits, so interrupting a hook (even one that holds a
  * reserved, uncommitted ring slot or waits for space) cannot deadlock.
  *
+ * The handler is installed when the shim maps its region at start-up (if
+ * SIGPROF is still at SIG_DFL), and the header's `sampler_ready` says so: the
+ * reader may then wake the sampler with sigqueue(SIGPROF,
+ * RSPROF_SAMPLER_WAKE), which arms every thread not armed yet (a process that
+ * never allocates after attach, or rsprof-trace's `cpu` feature alone, which
+ * has no hook at all). No timer runs before a reader asks for samples.
+ *
  * A SIGPROF handler of the program's own: if SIGPROF has a handler (or is
- * ignored) when sampling would start, rsprof installs nothing and never
- * samples in this process (the program's handler is left alone; the heap
- * recording is unaffected). If the program installs one after ours, the next
- * session notices it and stops arming timers; signals of timers still armed
- * then go to the program's handler at most until the session ends.
+ * ignored) when the shim starts, rsprof installs nothing and never samples in
+ * this process (the program's handler is left alone; the heap recording is
+ * unaffected). If the program installs one later, replacing ours, the next
+ * arming notices it and stops; signals of timers still armed then go to the
+ * program's handler at most until the session ends, and the reader sends its
+ * wake-up only while SIGPROF is caught (it cannot tell whose handler it is:
+ * a program that replaced ours receives one SI_QUEUE SIGPROF per second of a
+ * self-sampling session).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -55,6 +74,8 @@
 #include "rsprof_shim_internal.h"
 
 #define RSPROF_SAMPLER_MAX_THREADS 1024u
+#define RSPROF_SCOUT RSPROF_SAMPLER_MAX_THREADS /* sival of the scout timer */
+#define RSPROF_SCOUT_MS 50u
 #define RSPROF_SAMPLER_MAX_HZ 10000u
 #define PAGE 4096u
 #define MAX_STACK_SPAN (64u << 20)
@@ -77,6 +98,9 @@ static struct tslot g_slots[RSPROF_SAMPLER_MAX_THREADS];
 static int g_lock;          /* try-lock of the arming path (never taken in the handler) */
 static int g_handler;       /* 0 not yet, 1 ours installed, -1 never (a foreign handler) */
 static uint32_t g_scanned;  /* SESSION_TAG-like: last session whose threads were scanned, +1 */
+static int g_scout_kid = -1;  /* the scout timer (process CPU clock), once created */
+static uint32_t g_scout_session;
+static uint32_t g_interval_us; /* of the session being sampled (read by the scout) */
 static RSPROF_IE_TLS uint64_t t_sampler_tag;
 
 static inline uint32_t gettid_raw(void)
@@ -150,15 +174,64 @@ __attribute__((no_sanitize_address)) static uint32_t walk(uintptr_t sp, uintptr_
     return n;
 }
 
+static void arm_all_threads(uint32_t sess, uint32_t interval_us);
+static void arm_session_locked(struct rsprof_shm_header *h, uint32_t requested, uint32_t sess);
+
+/* The reader's wake-up (RSPROF_SAMPLER_WAKE): arm every thread not armed yet. */
+static void on_wake(struct rsprof_shm_header *h)
+{
+    uint32_t requested = LOAD_RLX(&h->reserved0);
+    if (!rsprof__on() || requested == 0 || g_handler <= 0)
+        return;
+    int unlocked = 0;
+    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED))
+        return; /* the reader wakes again at its next flush */
+    arm_session_locked(h, requested, LOAD_ACQ(&h->session));
+    STORE_REL(&g_lock, 0);
+}
+
+/* The scout's signal: arm the threads started since the last look. */
+static void on_scout(struct rsprof_shm_header *h)
+{
+    int kid = LOAD_RLX(&g_scout_kid);
+    if (!rsprof__on() || LOAD_RLX(&h->reserved0) == 0) {
+        uint32_t armed_for = LOAD_ACQ(&g_scout_session);
+        disarm_timer(kid);
+        if (LOAD_ACQ(&g_scout_session) != armed_for)
+            set_timer(kid, RSPROF_SCOUT_MS * 1000u);
+        return;
+    }
+    int unlocked = 0;
+    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED))
+        return; /* held by the code this signal interrupted, or by another thread */
+    uint32_t sess = LOAD_ACQ(&h->session);
+    if (LOAD_RLX(&g_scanned) == sess + 1)
+        arm_all_threads(sess, LOAD_RLX(&g_interval_us));
+    STORE_REL(&g_lock, 0);
+}
+
 static void on_sigprof(int sig, siginfo_t *si, void *ucv)
 {
     (void)sig;
     int saved = errno;
     struct rsprof_shm_header *h = __atomic_load_n(&rsprof__hdr, __ATOMIC_ACQUIRE);
     uint32_t idx = (uint32_t)si->si_value.sival_int;
-    if (si->si_code != SI_TIMER || idx >= RSPROF_SAMPLER_MAX_THREADS) {
+    if (si->si_code == SI_QUEUE && si->si_value.sival_int == RSPROF_SAMPLER_WAKE &&
+        (uint32_t)si->si_pid == LOAD_RLX(&h->reader_pid)) {
+        on_wake(h);
+        errno = saved;
+        return;
+    }
+    if (si->si_code != SI_TIMER || idx > RSPROF_SCOUT) {
         errno = saved;
         return; /* not one of our timers (kill -PROF, setitimer): ignored */
+    }
+    if (idx == RSPROF_SCOUT) {
+        on_scout(h);
+        errno = saved;
+        return;
     }
     struct tslot *s = &g_slots[idx];
     if (!rsprof__on() || LOAD_RLX(&h->reserved0) == 0) {
@@ -325,6 +398,40 @@ static void arm_all_threads(uint32_t sess, uint32_t interval_us)
     close(fd);
 }
 
+/* Start (or restart, for a new session) the scout timer; under g_lock. */
+static void start_scout(uint32_t sess)
+{
+    if (g_scout_kid < 0) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof(sev));
+        sev.sigev_notify = SIGEV_SIGNAL;
+        sev.sigev_signo = SIGPROF;
+        sev.sigev_value.sival_int = (int)RSPROF_SCOUT;
+        int kid = -1;
+        if (syscall(SYS_timer_create, (long)CLOCK_PROCESS_CPUTIME_ID, &sev, &kid) != 0)
+            return;
+        STORE_REL(&g_scout_kid, kid);
+    }
+    STORE_REL(&g_scout_session, sess);
+    set_timer(g_scout_kid, RSPROF_SCOUT_MS * 1000u);
+}
+
+/* The first arming of a session (every thread in /proc/self/task, the
+ * scout), or a re-scan for threads started since; under g_lock. */
+static void arm_session_locked(struct rsprof_shm_header *h, uint32_t requested, uint32_t sess)
+{
+    uint32_t interval_us = 1000000u / effective_hz(requested);
+    if (LOAD_RLX(&g_scanned) != sess + 1) {
+        STORE_REL(&g_interval_us, interval_us);
+        STORE_REL(&g_scanned, sess + 1);
+        arm_all_threads(sess, interval_us);
+        start_scout(sess);
+    } else {
+        arm_all_threads(sess, LOAD_RLX(&g_interval_us));
+    }
+    (void)h;
+}
+
 /* Called by the shim's hooks while recording (its recursion guard set). */
 RSPROF_HIDDEN void rsprof__sampler_enter(struct rsprof_shm_header *h);
 void rsprof__sampler_enter(struct rsprof_shm_header *h)
@@ -342,14 +449,28 @@ void rsprof__sampler_enter(struct rsprof_shm_header *h)
         return; /* another thread is arming: try again at the next hook */
     int saved = errno;
     if (install_handler()) {
-        uint32_t interval_us = 1000000u / effective_hz(requested);
-        if (LOAD_RLX(&g_scanned) != sess + 1) {
-            STORE_REL(&g_scanned, sess + 1);
-            arm_all_threads(sess, interval_us);
-        }
-        arm_thread(gettid_raw(), sess, interval_us);
+        if (LOAD_RLX(&g_scanned) != sess + 1)
+            arm_session_locked(h, requested, sess);
+        arm_thread(gettid_raw(), sess, LOAD_RLX(&g_interval_us));
     }
     t_sampler_tag = tag;
+    errno = saved;
+    STORE_REL(&g_lock, 0);
+}
+
+/* At start-up, once the region is mapped: install the handler now (when
+ * SIGPROF is still at its default), so that the reader can wake the sampler
+ * of a process that never allocates after it attached. */
+RSPROF_HIDDEN void rsprof__sampler_init(struct rsprof_shm_header *h);
+void rsprof__sampler_init(struct rsprof_shm_header *h)
+{
+    int unlocked = 0;
+    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED))
+        return;
+    int saved = errno;
+    if (install_handler())
+        STORE_REL(&h->sampler_ready, 1u);
     errno = saved;
     STORE_REL(&g_lock, 0);
 }

@@ -631,12 +631,23 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
 
 /* The SIGPROF self-sampler (csrc/rsprof_sampler.c), when linked in: hooks
  * that record give it the chance to arm CPU timers, which it does only when
- * the reader asked for self-sampling (header.reserved0 != 0). */
+ * the reader asked for self-sampling (header.reserved0 != 0). Weak in the
+ * shared shim (both objects are linked together anyway); a static archive
+ * must reference it strongly, or the linker never pulls the sampler's member
+ * in (RSPROF_WITH_SAMPLER, set by rsprof-trace's build.rs for `cpu`). */
+#ifdef RSPROF_WITH_SAMPLER
+RSPROF_HIDDEN void rsprof__sampler_enter(struct rsprof_shm_header *h);
+RSPROF_HIDDEN void rsprof__sampler_init(struct rsprof_shm_header *h);
+#define SAMPLER_LINKED(fn) 1
+#else
 RSPROF_HIDDEN void rsprof__sampler_enter(struct rsprof_shm_header *h) __attribute__((weak));
+RSPROF_HIDDEN void rsprof__sampler_init(struct rsprof_shm_header *h) __attribute__((weak));
+#define SAMPLER_LINKED(fn) ((fn) != NULL)
+#endif
 
 static inline void sampler_enter(struct rsprof_shm_header *h)
 {
-    if (rsprof__sampler_enter != NULL && RSPROF_UNLIKELY(LOAD_RLX(&h->reserved0) != 0))
+    if (SAMPLER_LINKED(rsprof__sampler_enter) && RSPROF_UNLIKELY(LOAD_RLX(&h->reserved0) != 0))
         rsprof__sampler_enter(h);
 }
 
@@ -979,8 +990,11 @@ int rsprof_shim_init(void)
             unsetenv(RSPROF_SHM_ENV);
         create_private();
     }
-    if (g_mapped)
+    if (g_mapped) {
         pthread_atfork(NULL, NULL, atfork_child);
+        if (SAMPLER_LINKED(rsprof__sampler_init))
+            rsprof__sampler_init(hdr());
+    }
     errno = saved;
     t_guard = saved_guard;
     STORE_REL(&g_init, 2);

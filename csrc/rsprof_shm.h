@@ -110,7 +110,16 @@ struct rsprof_shm_header {
     uint32_t session;        /* atomic: bumped by each attaching reader */
     uint32_t reserved0;      /* atomic, written by the reader: CPU self-sampling Hz it asks
                               * for (0 = off; csrc/rsprof_sampler.c, RSPROF_REC_SAMPLE) */
+    uint32_t sampler_ready;  /* atomic, written by the shim: 1 when its SIGPROF handler is
+                              * installed, so the reader may wake it (RSPROF_SAMPLER_WAKE) */
+    uint32_t unused0;
 };
+
+/* The reader's wake-up call to the self-sampler: sigqueue(pid, SIGPROF,
+ * {.sival_int = RSPROF_SAMPLER_WAKE}) after attaching with reserved0 != 0,
+ * and again at every flush: the handler arms the timers of threads it has not
+ * armed yet (a process that never allocates would otherwise never arm any). */
+#define RSPROF_SAMPLER_WAKE 0x72737077 /* "wpsr" */
 
 /* RSPROF_REC_STACK: header, id, depth, frames[depth] (return addresses as walked) */
 struct rsprof_rec_stack {
@@ -167,7 +176,7 @@ struct rsprof_rec_thread {
     char name[16];
 };
 
-_Static_assert(sizeof(struct rsprof_shm_header) == 112, "shm header layout");
+_Static_assert(sizeof(struct rsprof_shm_header) == 120, "shm header layout");
 _Static_assert(sizeof(struct rsprof_shm_header) <= RSPROF_SHM_HEADER_BYTES, "header fits");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserve) == 32, "reserve offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, tail) == 80, "tail offset");

@@ -1,5 +1,5 @@
 //! Compiles rsprof's C recorder (../csrc/rsprof_shim.c, and the SIGPROF
-//! sampler ../csrc/rsprof_sampler.c when it exists) into a static archive
+//! sampler ../csrc/rsprof_sampler.c for `cpu`) into a static archive
 //! when the `heap` or `cpu` feature is on. Nothing is built otherwise.
 //! csrc/rsprof_preload.c (the LD_PRELOAD malloc interposer) is never built
 //! here: inside a Rust binary the global allocator wrapper is the hook.
@@ -34,7 +34,7 @@ fn main() {
     let mut sources = vec![csrc.join("rsprof_shim.c")];
     let sampler = csrc.join("rsprof_sampler.c");
     println!("cargo:rerun-if-changed={}", sampler.display());
-    if cpu && sampler.exists() {
+    if cpu {
         sources.push(sampler);
     }
     let cc = env::var("CC").unwrap_or_else(|_| "cc".to_string());
@@ -61,6 +61,7 @@ fn main() {
                 "-Werror",
             ])
             .arg(format!("-I{}", csrc.display()))
+            .args(cpu.then_some("-DRSPROF_WITH_SAMPLER"))
             .arg("-o")
             .arg(&obj)
             .arg(src);

@@ -16,6 +16,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
+from posix.types cimport pid_t
 
 from rsprof._unwind cimport StackTable
 
@@ -612,6 +613,17 @@ cdef class PerfRing:
 # The shim's shared-memory ring (csrc/rsprof_shm.h) and the heap bookkeeping.
 # ---------------------------------------------------------------------------
 
+cdef extern from "<signal.h>" nogil:
+    union sigval:
+        int sival_int
+        void *sival_ptr
+    int sigqueue(pid_t pid, int sig, const sigval value)
+    enum:
+        SIGPROF
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+
 cdef extern from "rsprof_reader.h":
     struct rsprof_shm_header:
         uint64_t magic
@@ -632,7 +644,9 @@ cdef extern from "rsprof_reader.h":
         uint32_t state
         uint32_t session
         uint32_t reserved0
+        uint32_t sampler_ready
     enum:
+        RSPROF_SAMPLER_WAKE
         RSPROF_SHM_VERSION
         RSPROF_SHM_HEADER_BYTES
         RSPROF_MAX_FRAMES
@@ -1111,6 +1125,22 @@ cdef class ShmRing:
 
     def heartbeat(self) -> None:
         rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
+
+    @property
+    def sampler_ready(self) -> bool:
+        """The shim installed its SIGPROF handler at start (it may be woken)."""
+        return rsprof_load_acquire_u32(&self.hdr.sampler_ready) == 1
+
+    def wake_sampler(self, pid_t pid) -> int:
+        """sigqueue(pid, SIGPROF, RSPROF_SAMPLER_WAKE): the self-sampler arms the
+        threads it has not armed yet. Returns 0 or the errno of sigqueue. The
+        caller checks that the handler is still the shim's (sampler_ready and
+        SIGPROF caught), since a program's own handler would receive it."""
+        cdef sigval value
+        value.sival_int = RSPROF_SAMPLER_WAKE
+        if sigqueue(pid, SIGPROF, value) != 0:
+            return errno
+        return 0
 
     def detach(self) -> None:
         """Stop the target recording (IDLE) and give up the reader role."""

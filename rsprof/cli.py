@@ -17,12 +17,13 @@ from rsprof.commands.query import query_command
 from rsprof.commands.record import record_command
 from rsprof.commands.run import run_command
 from rsprof.commands.top import top_group
+from rsprof.commands.view import view_command
 from rsprof.errors import RsprofError, UsageError
 
 ROOT_HELP = """Profile CPU and heap of a Rust process; save to SQLite.
 
 \b
-Record a running process:
+Record a running process (a live display on a terminal; -q: progress lines):
   rsprof -p PID [-o FILE] [-d 10s] [-q]
   rsprof -P NAME ...
 Launch a program with heap profiling (exact live memory per call site):
@@ -31,6 +32,7 @@ Report and query a saved profile (default: the newest in this directory):
   rsprof top cpu [FILE] [-n 50] [--threshold 1.0] [--json|--csv]
   rsprof top heap [FILE] [-n 20] [--json|--csv]
   rsprof query FILE "SELECT * FROM cpu_samples LIMIT 10"
+  rsprof view [FILE]            browse it in the TUI (? lists the keys)
   rsprof list [-d DIR]
 """
 
@@ -47,7 +49,8 @@ Report and query a saved profile (default: the newest in this directory):
 @sampling_options
 @click.option("--append", is_flag=True, help="Add to an existing profile, continuing its timeline.")
 @click.option("-q", "--quiet", is_flag=True,
-              help="No interactive display: a progress line a second on stderr.")
+              help="No live display: a progress line a second on stderr (also what "
+                   "happens when stdin or stdout is not a terminal).")
 @click.version_option(__version__, "-V", "--version", prog_name="rsprof")
 @click.pass_context
 def root(ctx: click.Context, pid: int | None, name: str | None, output: str | None,
@@ -67,6 +70,7 @@ root.add_command(top_group)
 root.add_command(query_command)
 root.add_command(list_command)
 root.add_command(run_command)
+root.add_command(view_command)
 
 
 def main(argv: list[str] | None = None) -> int:

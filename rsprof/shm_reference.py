@@ -63,8 +63,8 @@ _SIZE_BITS = _ring.ALLOC_SIZE_BITS
 _Q = {"magic": 0, "ring_size": 2, "reserve": 4, "dropped": 5, "waits": 6, "interned": 7,
       "raw_stacks": 8, "truncated": 9, "tail": 10, "heartbeat_ns": 11}
 _I = {"version": 2, "header_bytes": 3, "pid": 6, "max_frames": 7, "reader_pid": 24,
-      "state": 25, "session": 26}
-_HEADER_SIZE = 112
+      "state": 25, "session": 26, "reserved0": 27, "sampler_ready": 28}
+HEADER_SIZE = 120
 # Largest depth accepted in SAMPLE records (frames[0] is the interrupted IP).
 _MAX_SAMPLE_FRAMES = 1024
 
@@ -154,8 +154,8 @@ class ShmReader:
         if len(self._view) < HEADER_BYTES + 4096:
             self._release()
             raise RegionError("region smaller than a header and a minimal ring")
-        self._q = self._view[:_HEADER_SIZE].cast("Q")
-        self._i = self._view[:_HEADER_SIZE].cast("I")
+        self._q = self._view[:HEADER_SIZE].cast("Q")
+        self._i = self._view[:HEADER_SIZE].cast("I")
         try:
             self._validate(expected_pid)
         except RegionError:
@@ -194,8 +194,8 @@ class ShmReader:
             raise RegionError(f"cannot set up {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        q = memoryview(mm)[:_HEADER_SIZE].cast("Q")
-        i = memoryview(mm)[:_HEADER_SIZE].cast("I")
+        q = memoryview(mm)[:HEADER_SIZE].cast("Q")
+        i = memoryview(mm)[:HEADER_SIZE].cast("I")
         i[_I["version"]] = VERSION
         i[_I["header_bytes"]] = HEADER_BYTES
         q[_Q["ring_size"]] = ring_size

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -80,8 +80,10 @@ def run_rsprof(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]
     cache = tmp_path / "cache"
 
     def run(*args: str, cwd: Path | None = None, timeout: float = 120,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "rsprof", *args], cwd=cwd or tmp_path,
+            check: bool = False, wrapper: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """`wrapper` prefixes the command (e.g. a program that drops privileges)."""
+        result = subprocess.run([*wrapper, sys.executable, "-m", "rsprof", *args],
+                                cwd=cwd or tmp_path,
                                 env=rsprof_env(cache), capture_output=True, text=True,
                                 timeout=timeout)
         if check and result.returncode != 0:

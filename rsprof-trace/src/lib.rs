@@ -31,7 +31,10 @@
 //!   attaches.
 //! - `cpu`: `profiler!(cpu = N)` exports `RSPROF_TRACE_CPU_HZ: u32 = N`
 //!   (default 99), an unmangled static the C side reads: the frequency of the
-//!   in-process SIGPROF self-sampler (see `csrc/rsprof_sampler.c`, when built).
+//!   in-process SIGPROF self-sampler (`csrc/rsprof_sampler.c`). Its handler is
+//!   installed at start-up when SIGPROF is at its default (a program's own
+//!   handler is left alone, and then no self-samples are taken); timers run
+//!   only while `rsprof -p PID --cpu-source self` (or auto without perf) records.
 //! - `profiling` = `heap` + `cpu`.
 //!
 //! # Allocator forms

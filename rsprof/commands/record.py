@@ -10,6 +10,7 @@ from rsprof.errors import UsageError
 from rsprof.recording.heap_region import find_region, remove_stale_regions
 from rsprof.recording.process import find_by_name, process_info
 from rsprof.recording.recorder import Recorder, RecordOptions
+from rsprof.tui.live import LiveSession, display_available
 
 
 def default_output(process_name: str, now: float | None = None) -> Path:
@@ -32,14 +33,18 @@ def record_command(pid: int | None, name: str | None, output: str | None,
     out = Path(output) if output else default_output(target.name)
     if append and not out.exists():
         raise UsageError(f"--append given but {out} does not exist")
-    # Until the live TUI exists, recording without -q behaves like -q.
+    live = display_available(quiet)
     options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
                             cpu_freq=cpu_freq, cpu_source=cpu_source, append=append,
-                            quiet=True)
+                            progress=not live, handle_signals=not live)
     remove_stale_regions()
     region = find_region(target.pid)  # the process loaded the shim: record its heap too
     try:
-        Recorder(target, options, heap=region).run()
+        recorder = Recorder(target, options, heap=region)
+        if live:
+            LiveSession(recorder).run()
+        else:
+            recorder.run()
     finally:
         if region is not None:
             region.ring.close()

@@ -17,6 +17,7 @@ from rsprof.recording.heap_region import create_region, remove_stale_regions
 from rsprof.recording.process import ProcessInfo
 from rsprof.recording.recorder import Recorder, RecordOptions
 from rsprof.shim import shim_path
+from rsprof.tui.live import LiveSession, display_available
 
 SHM_ENV = "RSPROF_SHM"
 
@@ -43,7 +44,10 @@ def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
 @click.option("-d", "--duration", metavar="DURATION",
               help="Stop recording after this long; the program keeps running.")
 @sampling_options
-@click.option("-q", "--quiet", is_flag=True, help="No interactive display.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No live display: a progress line a second on stderr (also when stdin or "
+                   "stdout is not a terminal). Under the display the program's stdout and "
+                   "stderr go to FILE.log.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
                 cpu_source: str, quiet: bool, command: tuple[str, ...]) -> None:
@@ -54,7 +58,8 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
     Every allocation and free is recorded exactly (LD_PRELOAD of rsprof's
     shim); CPU is sampled with perf events. The program's exit ends the
     recording and its exit code is reported. Programs it exec()s are not
-    recorded.
+    recorded. On a terminal the live display runs (q stops recording; the
+    program keeps running) and the program's output goes to FILE.log.
     """
     duration_s, interval_s = parse_sampling(duration, interval, cpu_freq)
     program = shutil.which(command[0])
@@ -69,17 +74,31 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
     env = dict(os.environ)
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[SHM_ENV] = region.name
+    live = display_available(quiet)
+    log = None
     try:
+        if live:  # the program must not draw over the display
+            log_path = out.with_name(out.name + ".log")
+            log = open(log_path, "wb")  # noqa: SIM115 (closed below)
         try:
-            child = subprocess.Popen([program, *command[1:]], env=env)
+            child = subprocess.Popen([program, *command[1:]], env=env, stdout=log,
+                                     stderr=log)
         except OSError as exc:
             raise RsprofError(f"cannot run {command[0]}: {exc.strerror}") from None
         _wait_until_loaded(child.pid, shim, child)
         target = ProcessInfo(child.pid, os.path.basename(program)[:15], " ".join(command),
                              program)
         options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
-                                cpu_freq=cpu_freq, cpu_source=cpu_source, quiet=True)
-        # If recording stops first (-d or a signal), the program runs on unrecorded.
-        Recorder(target, options, heap=region, child=child).run()
+                                cpu_freq=cpu_freq, cpu_source=cpu_source, progress=not live,
+                                handle_signals=not live)
+        # If recording stops first (-d, a signal, q), the program runs on unrecorded.
+        recorder = Recorder(target, options, heap=region, child=child)
+        if live:
+            LiveSession(recorder).run()
+            click.echo(f"rsprof: the program's output is in {log_path}", err=True)
+        else:
+            recorder.run()
     finally:
+        if log is not None:
+            log.close()
         region.unlink()

@@ -84,3 +84,15 @@ def find_by_name(name: str) -> int:
         listing = "; ".join(f"{pid} {cmd[:60]}" for pid, cmd in matches[:10])
         raise UsageError(f"{len(matches)} processes named {name!r}, pick one with -p: {listing}")
     return matches[0][0]
+
+
+def catches_signal(pid: int, signum: int) -> bool:
+    """Whether process pid has a handler for signum (SigCgt in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rsprof.errors import PermissionDenied, ProfileError, UsageError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.heap_region import Region
 from rsprof.recording.perf_session import NullPerfSession, PerfSession
-from rsprof.recording.process import ProcessInfo, is_alive, thread_name
+from rsprof.recording.process import ProcessInfo, catches_signal, is_alive, thread_name
 from rsprof.report.heap import human_bytes
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
@@ -37,8 +38,9 @@ class RecordOptions:
     cpu_freq: int = 99
     cpu_source: str = "auto"  # "auto" (perf, else self-sampling), "perf" or "self"
     append: bool = False
-    quiet: bool = True
+    progress: bool = True  # a progress line on status every interval (not under the TUI)
     cache_dir: Path | None = None
+    handle_signals: bool = True  # SIGINT/SIGTERM stop it (main thread only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class Recorder:
         self._start_ns = 0
         self._interval_ns = 1
         self.code_map = CodeMap(target.pid)
+        self.started = threading.Event()  # set once the profile holds the recording
 
     def _alive(self) -> bool:
         if self.child is not None:
@@ -169,6 +172,7 @@ class Recorder:
             self.heap_decoder = _ring.HeapDecoder(stacks)
             self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
             self.heap.ring.attach(os.getpid(), self_hz)
+            self._wake_sampler()
         self._start_ns = start_ns
         self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
@@ -181,14 +185,19 @@ class Recorder:
             self.status.write(f"rsprof: warning: {warning}\n")
         warned = len(symbolizer.warnings)
 
-        old_int = signal.signal(signal.SIGINT, self._on_signal)
-        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        if opts.handle_signals:
+            old_int = signal.signal(signal.SIGINT, self._on_signal)
+            old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        self.started.set()  # begin_recording committed: a live display can read it
         poller = select.poll()
         for fd in session.poll_fds():
             poller.register(fd, select.POLLIN)
         next_flush = start + opts.interval_s
         reason = "interrupted"
-        # With the heap ring attached the target may be waiting for space: drain often.
+        # With the heap ring attached the target may be waiting for space: drain
+        # every 2 ms while records arrive fast (64 KiB or more per drain); backing
+        # off to 20 ms while they trickle (self-samples, a quiet heap), in which
+        # time even 400 MB/s of records fit in the 8 MiB ring.
         max_sleep = 0.002 if self.heap is not None else 0.25
         next_alive_check = start
         heap_busy = False
@@ -200,7 +209,10 @@ class Recorder:
                     poller.poll(timeout * 1000)
                 session.drain(decoder)
                 # While the target produces heap records fast, drain without sleeping.
-                heap_busy = self._drain_heap() >= 256 * 1024
+                drained = self._drain_heap()
+                heap_busy = drained >= 256 * 1024
+                if self.heap is not None:
+                    max_sleep = 0.002 if drained >= 64 * 1024 else min(max_sleep * 2, 0.02)
                 now = self.clock()
                 if self._stop_reason is not None:
                     reason = self._stop_reason
@@ -218,7 +230,8 @@ class Recorder:
                     next_flush += opts.interval_s
                     if next_flush < now:
                         next_flush = now + opts.interval_s
-                    self._progress(now - start, decoder, writer)
+                    if opts.progress:
+                        self._progress(now - start, decoder, writer)
                     for warning in symbolizer.warnings[warned:]:
                         self.status.write(f"rsprof: warning: {warning}\n")
                     warned = len(symbolizer.warnings)
@@ -235,8 +248,9 @@ class Recorder:
             if self.heap is not None and self.heap_decoder is not None:
                 self.heap.ring.detach()
             symbolizer.close()
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            if opts.handle_signals:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
         elapsed = self.clock() - start
         if self.child is not None and self.child.poll() is not None:
             self.exit_code = self.child.returncode
@@ -256,8 +270,20 @@ class Recorder:
         self._summary(result)
         return result
 
+    def _wake_sampler(self) -> None:
+        """Self-sampling: ask the shim to arm the threads it has not armed yet.
+
+        Hooks arm timers when they run; a process that does not allocate after we
+        attached (or an rsprof-trace build with `cpu` only) needs this signal. Sent
+        only while SIGPROF is caught and the shim said its handler is installed."""
+        if self.heap is None or self.cpu_source != "self" or not self.heap.ring.sampler_ready:
+            return
+        if catches_signal(self.target.pid, signal.SIGPROF):
+            self.heap.ring.wake_sampler(self.target.pid)
+
     def _flush(self, decoder: _ring.PerfDecoder, stacks: _unwind.StackTable,
                symbolizer: Symbolizer, writer: ProfileWriter) -> None:
+        self._wake_sampler()
         pid = self.target.pid
         for kind, ev_pid, tid, _t, name in decoder.take_events():
             if ev_pid != pid:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
 
 RunRsprof = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -40,3 +46,24 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+TRACE_APP_DIR = ROOT / "tests" / "trace_app"
+
+
+def build_trace_app(variant: str, *features: str) -> Path:
+    """tests/trace_app (rsprof-trace's test program) built with `features` into
+    its own target directory. rsprof-trace is a path dependency here, as it is
+    for anyone vendoring it: its inlined allocator frames point into
+    rsprof-trace/src/lib.rs, and the attribution rule must still charge the
+    caller (rsprof_trace/__rustc frames are internal wherever their file is)."""
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is not installed")
+    target_dir = TRACE_APP_DIR / "target" / variant
+    cmd = ["cargo", "build", "--release", "--offline", "--quiet", "--target-dir",
+           str(target_dir)]
+    if features:
+        cmd += ["--features", ",".join(features)]
+    env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
+    subprocess.run(cmd, cwd=TRACE_APP_DIR, env=env, check=True)
+    return target_dir / "release" / "trace_app"

@@ -17,46 +17,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, Target, rsprof_env
-from tests.integration.helpers import query
+from tests.integration.helpers import TRACE_APP_DIR, build_trace_app, query
 
 pytestmark = pytest.mark.integration
 
-APP_DIR = ROOT / "tests" / "trace_app"
 TRACE_DIR = ROOT / "rsprof-trace"
-# rsprof-trace is a path dependency here, as it is for anyone vendoring it:
-# its inlined allocator frames point into rsprof-trace/src/lib.rs, and the
-# attribution rule must still charge the caller (rsprof_trace/__rustc frames
-# are internal wherever their file is).
-RUSTFLAGS = "-C force-frame-pointers=yes"
 LEAK_BLOCK = 1000
-
-
-def _build(variant: str, *features: str) -> Path:
-    if shutil.which("cargo") is None:
-        pytest.skip("cargo is not installed")
-    target_dir = APP_DIR / "target" / variant
-    cmd = ["cargo", "build", "--release", "--offline", "--quiet", "--target-dir",
-           str(target_dir)]
-    if features:
-        cmd += ["--features", ",".join(features)]
-    env = dict(os.environ, RUSTFLAGS=RUSTFLAGS)
-    subprocess.run(cmd, cwd=APP_DIR, env=env, check=True)
-    return target_dir / "release" / "trace_app"
 
 
 @pytest.fixture(scope="module")
 def app_plain() -> Path:
-    return _build("plain")
+    return build_trace_app("plain")
 
 
 @pytest.fixture(scope="module")
 def app_no_macro() -> Path:
-    return _build("nomacro", "no_macro")
+    return build_trace_app("nomacro", "no_macro")
 
 
 @pytest.fixture(scope="module")
 def app_profiling() -> Path:
-    return _build("profiling", "profiling")
+    return build_trace_app("profiling", "profiling")
+
+
+@pytest.fixture(scope="module")
+def app_cpu_only() -> Path:
+    return build_trace_app("cpuonly", "cpu_only")
 
 
 def _nm(*args: str) -> str:
@@ -83,7 +69,12 @@ def test_with_feature_linked_and_idle(app_profiling: Path,
                                       start_target: Callable[..., Target]) -> None:
     symbols = _nm(str(app_profiling))
     assert "rsprof_shim_record_alloc" in symbols
+    assert "Traced" in symbols
     assert "RSPROF_TRACE_CPU_HZ" in symbols
+    # The self-sampler is linked in, not left a weak undefined reference.
+    assert any(line.split()[-1] == "rsprof__sampler_enter" and line.split()[1] in "Tt"
+               for line in symbols.splitlines() if len(line.split()) == 3), \
+        [line for line in symbols.splitlines() if "sampler" in line]
     # No LD_PRELOAD interposer inside: malloc and free stay libc's.
     defined = {line.split()[-1] for line in symbols.splitlines() if len(line.split()) == 3
                and line.split()[1] in "TtWw"}
@@ -137,6 +128,44 @@ def test_attach_charges_leaky_site(app_profiling: Path, start_target: Callable[.
     assert len(_regions_of(target.pid)) == 1
 
 
+def test_self_sampling_arms_a_compute_thread_started_after_attach(
+        app_profiling: Path, start_target: Callable[..., Target],
+        run_rsprof: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # Statically linked: no pthread_create wrapper. "late-spin" starts 1.5 s after
+    # the program (after rsprof attached) and never allocates, so only the scout
+    # timer can arm it.
+    target = start_target(app_profiling, "60", "1500")
+    db = tmp_path / "late.db"
+    run_rsprof("-p", str(target.pid), "-q", "--cpu-source", "self", "-d", "4s", "-o",
+               str(db), check=True)
+    meta = dict(query(db, "SELECT key, value FROM meta"))
+    assert meta["cpu_source"] == "self"
+    rows = dict(query(db, "SELECT function, SUM(samples) FROM cpu_samples"
+                          " WHERE thread = 'late-spin' GROUP BY function"))
+    # Busy for about 2.5 of the 4 seconds at 99 Hz (~250 samples), all in spin
+    # (late_spin's call to it is a tail call).
+    assert set(rows) == {"trace_app::spin"}, rows
+    assert rows["trace_app::spin"] >= 150, rows
+    assert target.proc.poll() is None
+
+
+def test_cpu_feature_alone_is_woken_by_the_reader(
+        app_cpu_only: Path, start_target: Callable[..., Target],
+        run_rsprof: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    # `cpu` without `heap`: no allocator wrapper, so no hook ever arms a timer;
+    # rsprof's wake-up signal must.
+    assert "Traced" not in _nm(str(app_cpu_only))  # the wrapper's methods are absent
+    target = start_target(app_cpu_only, "60", "500")
+    db = tmp_path / "cpu-only.db"
+    run_rsprof("-p", str(target.pid), "-q", "--cpu-source", "self", "-d", "3s", "-o",
+               str(db), check=True)
+    rows = dict(query(db, "SELECT thread, SUM(samples) FROM cpu_samples GROUP BY thread"))
+    assert rows.get("late-spin", 0) >= 150, rows  # ~2.5 s busy at 99 Hz
+    assert rows.get("trace_app", 0) >= 20, rows  # main: 2 ms of every 10 ms
+    assert query(db, "SELECT COUNT(*) FROM heap_sites")[0][0] == 0
+    assert target.proc.poll() is None
+
+
 def test_two_processes_read_independently(
         app_profiling: Path, start_target: Callable[..., Target], tmp_path: Path) -> None:
     first = start_target(app_profiling, "60")
@@ -163,7 +192,7 @@ def sampler_stress(tmp_path_factory: pytest.TempPathFactory) -> Path:
     csrc = ROOT / "csrc"
     subprocess.run([cc, "-O2", "-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls",
                     "-pthread", "-Wall", "-Wextra", "-Werror", f"-I{csrc}", "-rdynamic",
-                    "-o", str(out), str(APP_DIR / "sampler_stress.c"),
+                    "-o", str(out), str(TRACE_APP_DIR / "sampler_stress.c"),
                     str(csrc / "rsprof_shim.c"), str(csrc / "rsprof_sampler.c"), "-ldl"],
                    check=True)
     return out

@@ -188,10 +188,10 @@ def test_fuzz_random_headers_only_raise_region_error() -> None:
     rng = random.Random(99)
     for _ in range(500):
         buf = make_region()
-        start = rng.randrange(0, 112)
+        start = rng.randrange(0, ref.HEADER_SIZE)
         buf[start:start + rng.randrange(1, 16)] = rng.randbytes(16)[:1]
         if rng.random() < 0.5:
-            buf[:112] = rng.randbytes(112)
+            buf[:ref.HEADER_SIZE] = rng.randbytes(ref.HEADER_SIZE)
         try:
             reader = ref.ShmReader.from_buffer(buf)
         except ref.RegionError:

@@ -1,0 +1,223 @@
+"""Builds TUI snapshots from a profile file, incrementally.
+
+The same code serves `rsprof view` (one load of a finished file) and the
+live display (the recorder commits once per interval; the loader, on its own
+thread, reads what was committed since its last look through a read-only
+connection: SQLite's WAL lets it read while the recorder writes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
+from rsprof.tui.snapshot import ENDED, RECORDING, VIEW, CpuRow, MemRow, Snapshot
+
+
+@dataclass(slots=True)
+class _Recording:
+    id: int
+    offset: int          # interval index of its interval 0 in the profile's timeline
+    cpu_done: int = -1   # last interval loaded
+    heap_done: int = -1
+
+
+class ProfileLoader:
+    """Reads a profile's CPU and heap data into snapshots; call `load()` again to
+    add what was committed since (cheap when nothing changed)."""
+
+    def __init__(self, conn: sqlite3.Connection, live: bool) -> None:
+        self.conn = conn
+        self.live = live
+        self._version = 0
+        self._recordings: dict[int, _Recording] = {}
+        self._first_start: float | None = None
+        self._interval_s = 1.0
+        self._frames: dict[int, tuple[str, str, str, str]] = {}  # id -> keys and names
+        self._frame_max = 0
+        self._stack_frame: dict[int, int] = {}  # stack id -> user_frame_id
+        self._stack_max = 0
+        # CPU: per function key
+        self._cpu_total: Counter[str] = Counter()
+        self._cpu_lines: dict[str, Counter[str]] = defaultdict(Counter)
+        self._cpu_series: dict[str, dict[int, int]] = defaultdict(dict)
+        # what the newest intervals of each recording added, to replace on a re-read
+        self._contrib: dict[tuple[int, int], Counter[tuple[str, str]]] = {}
+        self._cpu_names: dict[str, str] = {}
+        self._interval_samples: Counter[int] = Counter()
+        self._last_interval = -1
+        # heap: per stack (latest running totals) and per charged frame
+        self._site: dict[int, tuple[int, int, int]] = {}  # stack -> live, alloc bytes, allocs
+        self._site_key: dict[int, str] = {}
+        self._mem_live: Counter[str] = Counter()
+        self._mem_alloc: Counter[str] = Counter()
+        self._mem_allocs: Counter[str] = Counter()
+        self._mem_series: dict[str, dict[int, float]] = defaultdict(dict)
+        self._mem_names: dict[str, tuple[str, str]] = {}
+
+    # -- reading --------------------------------------------------------------
+
+    def _refresh_recordings(self) -> None:
+        rows = self.conn.execute(
+            "SELECT id, start_time, interval_s FROM recordings ORDER BY id").fetchall()
+        for rid, start, interval_s in rows:
+            if rid in self._recordings:
+                continue
+            if self._first_start is None:
+                self._first_start = float(start or 0.0)
+                self._interval_s = float(interval_s or 1.0) or 1.0
+            offset = round((float(start or 0.0) - self._first_start) / self._interval_s)
+            self._recordings[rid] = _Recording(rid, max(0, offset))
+
+    def _refresh_symbols(self) -> None:
+        for fid, function, file, line, module in self.conn.execute(
+                "SELECT f.id, f.function, f.file, f.line, m.path FROM frames f"
+                " JOIN modules m ON m.id = f.module_id WHERE f.id > ?", (self._frame_max,)):
+            self._frames[fid] = (f"{function}\0{module}", function, format_location(file, line),
+                                 f"{function}\0{file}\0{line}\0{module}")
+            self._frame_max = max(self._frame_max, fid)
+        for sid, frame_id in self.conn.execute(
+                "SELECT id, user_frame_id FROM stacks WHERE id > ?", (self._stack_max,)):
+            self._stack_frame[sid] = frame_id
+            self._stack_max = max(self._stack_max, sid)
+
+    def _load_cpu(self, rec: _Recording) -> None:
+        # The newest intervals may still grow (samples are counted by their time, and
+        # a commit can land mid-interval): read them again and replace what they gave.
+        lo = max(0, rec.cpu_done - 1)
+        rows = self.conn.execute(
+            "SELECT c.interval, s.user_frame_id, SUM(c.samples) FROM cpu_counts c"
+            " JOIN stacks s ON s.id = c.stack_id"
+            " WHERE c.recording_id = ? AND c.interval >= ?"
+            " GROUP BY c.interval, s.user_frame_id ORDER BY c.interval",
+            (rec.id, lo)).fetchall()
+        if not rows:
+            return
+        for k in [k for k in self._contrib if k[0] == rec.id and k[1] >= lo]:
+            idx = rec.offset + k[1]
+            for (key, location), n in self._contrib.pop(k).items():
+                self._cpu_total[key] -= n
+                self._cpu_lines[key][location] -= n
+                self._cpu_series[key][idx] -= n
+                self._interval_samples[idx] -= n
+        newest = rows[-1][0]
+        keep_from = newest - 1 if self.live else newest + 1  # only a live file grows
+        frames, offset = self._frames, rec.offset
+        totals, lines, series_of = self._cpu_total, self._cpu_lines, self._cpu_series
+        per_interval = self._interval_samples
+        for interval, frame_id, samples in rows:
+            frame = frames.get(frame_id)
+            if frame is None:
+                continue
+            key, function, location, _ = frame
+            idx = offset + interval
+            self._cpu_names[key] = function
+            totals[key] += samples
+            lines[key][location] += samples
+            series = series_of[key]
+            series[idx] = series.get(idx, 0) + samples
+            per_interval[idx] += samples
+            if interval >= keep_from:
+                contrib = self._contrib.get((rec.id, interval))
+                if contrib is None:
+                    contrib = self._contrib[(rec.id, interval)] = Counter()
+                contrib[(key, location)] += samples
+        rec.cpu_done = max(rec.cpu_done, newest)
+        self._last_interval = max(self._last_interval, offset + newest)
+        for k in [k for k in self._contrib if k[0] == rec.id and k[1] < keep_from]:
+            del self._contrib[k]
+
+    def _load_heap(self, rec: _Recording) -> None:
+        rows = self.conn.execute(
+            "SELECT interval, stack_id, live_bytes, alloc_bytes, allocs FROM heap_counts"
+            " WHERE recording_id = ? AND interval >= ? ORDER BY interval",
+            (rec.id, rec.heap_done)).fetchall()
+        touched: dict[int, set[str]] = defaultdict(set)
+        for interval, stack_id, live, alloc_bytes, allocs in rows:
+            site = stack_id  # stack ids are unique across recordings
+            key = self._site_key.get(site)
+            if key is None:
+                frame = self._frames.get(self._stack_frame.get(stack_id, -1))
+                if frame is None:
+                    continue
+                key = frame[3]
+                self._site_key[site] = key
+                self._mem_names[key] = (frame[1], frame[2])
+            old_live, old_alloc, old_allocs = self._site.get(site, (0, 0, 0))
+            self._site[site] = (live, alloc_bytes, allocs)
+            self._mem_live[key] += live - old_live
+            self._mem_alloc[key] += alloc_bytes - old_alloc
+            self._mem_allocs[key] += allocs - old_allocs
+            idx = rec.offset + interval
+            touched[idx].add(key)
+            rec.heap_done = max(rec.heap_done, interval)
+        for idx in sorted(touched):
+            for key in touched[idx]:
+                self._mem_series[key][idx] = float(self._mem_live[key])
+            self._last_interval = max(self._last_interval, idx)
+
+    def load(self) -> Snapshot:
+        """Read what is new and return the next snapshot."""
+        self.conn.execute("BEGIN")
+        try:
+            summary = read_summary(self.conn)
+            self._refresh_recordings()
+            self._refresh_symbols()
+            for rec in self._recordings.values():
+                self._load_cpu(rec)
+                self._load_heap(rec)
+            has_heap = self.conn.execute(
+                "SELECT 1 FROM recordings WHERE COALESCE(heap_source, '') != '' LIMIT 1"
+            ).fetchone() is not None
+        finally:
+            self.conn.execute("COMMIT")
+        return self._snapshot(summary, has_heap)
+
+    # -- building -------------------------------------------------------------
+
+    def _snapshot(self, summary: ProfileSummary, has_heap: bool) -> Snapshot:
+        total = sum(self._cpu_total.values())
+        last = self._last_interval
+        recording = self.live and summary.end_reason in ("", "recording")
+        # "Live": the newest complete interval (while recording, the newest one is
+        # still filling).
+        live_iv = last - 1 if recording and last > 0 else last
+        live_total = self._interval_samples.get(live_iv, 0)
+        cpu_rows: list[CpuRow] = []
+        for key, n in self._cpu_total.items():
+            if n <= 0:
+                continue
+            raw = self._cpu_series[key]
+            series = {i: 100.0 * v / self._interval_samples[i] for i, v in raw.items()
+                      if v > 0 and self._interval_samples.get(i)}
+            cpu_rows.append(CpuRow(
+                key=key, function=self._cpu_names[key],
+                location=self._cpu_lines[key].most_common(1)[0][0],
+                samples=n, total_pct=100.0 * n / total if total else 0.0,
+                live_pct=100.0 * raw.get(live_iv, 0) / live_total if live_total else 0.0,
+                series=series))
+        mem_rows = [
+            MemRow(key=key, function=self._mem_names[key][0], location=self._mem_names[key][1],
+                   live_bytes=self._mem_live[key], alloc_bytes=self._mem_alloc[key],
+                   allocs=self._mem_allocs[key], series=dict(self._mem_series[key]))
+            for key in self._mem_names]
+        cpu_rows.sort(key=lambda r: (-r.samples, r.function))
+        mem_rows.sort(key=lambda r: (-r.live_bytes, -r.alloc_bytes, r.function))
+        state = VIEW if not self.live else RECORDING if recording else ENDED
+        if state == RECORDING:
+            elapsed = max(0.0, time.time() - summary.start_time) if summary.start_time else 0.0
+        else:
+            elapsed = summary.duration_s
+        counters = summary.counters
+        self._version += 1
+        return Snapshot(
+            state=state, process_name=summary.process_name, pid=summary.pid,
+            elapsed_s=elapsed, samples=counters.get("samples", 0) or total,
+            interval_s=self._interval_s, intervals=last + 1,
+            dropped=counters.get("heap_dropped", 0), lost=counters.get("lost_records", 0),
+            cpu_rows=tuple(cpu_rows), mem_rows=tuple(mem_rows), has_heap=has_heap,
+            message=summary.end_reason if state == ENDED else "", version=self._version,
+            cpu_by_key={r.key: r for r in cpu_rows}, mem_by_key={r.key: r for r in mem_rows})
