@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["cpu_overhead.py", "symbolize.py", "rsprof_cpu.py", "heap_overhead.py"]
+SCRIPTS = ["cpu_overhead.py", "symbolize.py", "rsprof_cpu.py", "heap_overhead.py",
+           "view_open.py", "tui_keys.py"]
 
 
 def main() -> int:

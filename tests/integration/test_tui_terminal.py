@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -143,6 +145,26 @@ def test_live_tui_shows_ended_when_the_target_exits(targets: Path, tmux: Callabl
     assert dict(query(db, "SELECT key, value FROM meta"))["end_reason"] == "exited"
     # Under the display the program's output went to a log beside the profile.
     assert "ready" in (tmp_path / "ended.db.log").read_text()
+
+
+def test_sigterm_finalizes_and_restores_the_terminal(targets: Path, tmux: Callable[..., Pane],
+                                                     tmp_path: Path,
+                                                     start_target: Callable[..., Target]) -> None:
+    target = start_target(targets / "cpu_split", "--threads", "1", "--seconds", "60")
+    db = tmp_path / f"term-{uuid.uuid4().hex[:6]}.db"
+    pane = tmux(_rsprof("-p", str(target.pid), "-o", str(db)))
+    pane.wait_for(lambda t: "RECORDING" in t and "cpu_split::" in t, "the live display")
+    candidates = subprocess.run(["pgrep", "-f", f"rsprof -p {target.pid} -o {db}"],
+                                capture_output=True, text=True).stdout.split()
+    pids = [p for p in candidates  # rsprof itself, not the shell that started it
+            if Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"rsprof"]]
+    assert len(pids) == 1, candidates
+    os.kill(int(pids[0]), signal.SIGTERM)
+    text = pane.wait_for(lambda t: "EXIT=" in t, "rsprof to exit")
+    assert "EXIT=0" in text and "rsprof: wrote" in text and "Traceback" not in text
+    assert "RECORDING" not in text and "q quit" not in text  # the display is gone
+    assert dict(query(db, "SELECT key, value FROM meta"))["end_reason"] == "interrupted"
+    assert target.proc.poll() is None
 
 
 def test_view_of_a_bad_file_is_one_clear_error(tmux: Callable[..., Pane],
