@@ -1,6 +1,7 @@
 # rsprof: one-command set-up, demo and test suite for a fresh machine.
 #   make demo   set up everything, profile the bundled example, print top cpu
 #   make test   set up everything, run lint, type checks and the whole test suite
+#   make binary the one-file executable dist/rsprof (PyInstaller; packaging/README.md)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +12,7 @@ EXAMPLE_BIN := example/target/release/rsprof-example
 TARGETS_STAMP := tests/targets/target/release/cpu_split
 DEMO_DB := demo.db
 
-.PHONY: all setup build demo test lint typecheck unit bench clean tools
+.PHONY: all setup build demo test lint typecheck unit bench clean tools binary
 
 all: setup build
 
@@ -63,5 +64,13 @@ unit: setup
 bench: setup build
 	$(PY) bench/run_all.py
 
+# One self-contained executable (Python, the Cython modules, the shim, every dependency):
+# dist/rsprof. Needs no Python on the machine it runs on (a glibc as new as this one's).
+binary: setup
+	@$(PY) -c 'import PyInstaller' 2>/dev/null || $(PY) -m pip install --quiet 'pyinstaller>=6.0'
+	$(PY) -m PyInstaller --noconfirm --clean --distpath dist --workpath build/pyinstaller \
+	  packaging/rsprof.spec
+	@ls -l dist/rsprof
+
 clean:
-	rm -rf build $(VENV) rsprof/*.so rsprof/_ring.c rsprof/_unwind.c rsprof/_dwarf.c example/target tests/targets/target rsprof-trace/target tests/trace_app/target
+	rm -rf build dist rsprof/_build_info.py $(VENV) rsprof/*.so rsprof/_ring.c rsprof/_unwind.c rsprof/_dwarf.c example/target tests/targets/target rsprof-trace/target tests/trace_app/target

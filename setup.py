@@ -1,9 +1,11 @@
 """Build the Cython hot paths (ring drain, stack dedup/interval lookup)."""
 
 import os
+import platform
 import shlex
 import subprocess
 
+import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -30,15 +32,42 @@ SHIM_FLAGS = ["-shared", "-fPIC", "-O2", "-g", "-fno-omit-frame-pointer",
               "-Werror", "-pthread"]
 
 
+# What the extensions were built with, for `rsprof --version` (generated; in .gitignore).
+BUILD_INFO = os.path.join("rsprof", "_build_info.py")
+
+
+def _build_info_text() -> str:
+    return ('"""Written by setup.py when it builds the extensions: what they were built '
+            'with."""\n\n'
+            f"CYTHON_VERSION = {Cython.__version__!r}\n"
+            f"PYTHON_VERSION = {platform.python_version()!r}\n")
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    try:
+        with open(path) as fh:
+            if fh.read() == text:
+                return
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
 class build_ext_with_shim(build_ext):
-    """build_ext, plus rsprof/librsprof_shim.so (in build_lib, and in place for -e)."""
+    """build_ext, plus rsprof/librsprof_shim.so and rsprof/_build_info.py (in build_lib,
+    and in place for -e)."""
 
     def run(self) -> None:
         super().run()
         out = os.path.join(self.build_lib, "rsprof", SHIM_NAME)
         self._build_shim(out)
+        info = _build_info_text()
+        _write_if_changed(os.path.join(self.build_lib, BUILD_INFO), info)
         if self.inplace:
             self.copy_file(out, os.path.join("rsprof", SHIM_NAME), level=self.verbose)
+            _write_if_changed(BUILD_INFO, info)
 
     def _build_shim(self, out: str) -> None:
         if not self.force and os.path.exists(out) and all(
@@ -51,7 +80,8 @@ class build_ext_with_shim(build_ext):
         subprocess.run(cmd, check=True)
 
     def get_outputs(self) -> list[str]:
-        return [*super().get_outputs(), os.path.join(self.build_lib, "rsprof", SHIM_NAME)]
+        return [*super().get_outputs(), os.path.join(self.build_lib, "rsprof", SHIM_NAME),
+                os.path.join(self.build_lib, BUILD_INFO)]
 
 
 setup(

@@ -6,11 +6,14 @@ an exit code (2 usage, 1 runtime); only a bug prints a traceback.
 
 from __future__ import annotations
 
+import importlib
+import platform
 import sys
 
 import click
 
 from rsprof import __version__
+from rsprof.commands.export import export_command
 from rsprof.commands.list_profiles import list_command
 from rsprof.commands.options import sampling_options
 from rsprof.commands.query import query_command
@@ -33,8 +36,38 @@ Report and query a saved profile (default: the newest in this directory):
   rsprof top heap [FILE] [-n 20] [--json|--csv]
   rsprof query FILE "SELECT * FROM cpu_samples LIMIT 10"
   rsprof view [FILE]            browse it in the TUI (? lists the keys)
+  rsprof export FILE -o cpu.svg  flame graph; also .pb.gz (pprof), .speedscope.json,
+                                .folded, .json, .csv; --since/--until/--thread
   rsprof list [-d DIR]
 """
+
+
+def version_lines() -> list[str]:
+    """`rsprof --version`: one item a line, `rsprof X.Y.Z` first."""
+    try:
+        from rsprof._ring import SHM_VERSION
+
+        shm = str(SHM_VERSION)
+    except ImportError:
+        shm = "unknown"
+    try:  # written by setup.py when it builds the extensions; not in git
+        info = importlib.import_module("rsprof._build_info")
+    except ImportError:
+        info = None
+    cython = str(getattr(info, "CYTHON_VERSION", "unknown"))
+    built_python = str(getattr(info, "PYTHON_VERSION", "unknown"))
+    python = platform.python_version()
+    if built_python not in ("unknown", python):
+        python += f" (extensions built with {built_python})"
+    return [f"rsprof {__version__}", f"shim shared-memory layout {shm}", f"python {python}",
+            f"cython {cython}"]
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo("\n".join(version_lines()))
+    ctx.exit()
 
 
 @click.group(help=ROOT_HELP, invoke_without_command=True,
@@ -51,7 +84,10 @@ Report and query a saved profile (default: the newest in this directory):
 @click.option("-q", "--quiet", is_flag=True,
               help="No live display: a progress line a second on stderr (also what "
                    "happens when stdin or stdout is not a terminal).")
-@click.version_option(__version__, "-V", "--version", prog_name="rsprof")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version,
+              help="Show the version, the shim's shared-memory layout and the build's "
+                   "Python and Cython, and exit.")
 @click.pass_context
 def root(ctx: click.Context, pid: int | None, name: str | None, output: str | None,
          duration: str | None, interval: str, cpu_freq: int, cpu_source: str, append: bool,
@@ -71,6 +107,7 @@ root.add_command(query_command)
 root.add_command(list_command)
 root.add_command(run_command)
 root.add_command(view_command)
+root.add_command(export_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,13 +10,14 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
 
 
-def parse_duration(text: str, what: str = "duration") -> float:
-    """Seconds in `text`; raises UsageError for anything else or for a non-positive value."""
+def parse_duration(text: str, what: str = "duration", allow_zero: bool = False) -> float:
+    """Seconds in `text`; raises UsageError for anything else or for a non-positive value
+    (zero allowed with `allow_zero`: a point in time, not a length)."""
     match = _PATTERN.match(text)
     if not match:
         raise UsageError(f"bad {what} {text!r}: use e.g. 10s, 500ms, 2m, 1h")
     seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise UsageError(f"bad {what} {text!r}: must be greater than zero")
     return seconds
 

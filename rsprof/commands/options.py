@@ -54,3 +54,16 @@ def report_options(noun: str, charged: str) -> Callable[[F], F]:
                               type=click.Path(dir_okay=False, path_type=Path))(f)
 
     return decorate
+
+
+def selection_options(f: F) -> F:
+    """--since, --until and --thread: the part of a profile a report or export covers."""
+    f = click.option("--thread", "threads", multiple=True, metavar="NAME|TID",
+                     help="Only these threads (name or tid; repeat for more). CPU only: heap "
+                          "records carry no thread.")(f)
+    f = click.option("--until", metavar="DURATION",
+                     help="Only intervals starting before this time from the profile's start "
+                          "(e.g. 30s).")(f)
+    return click.option("--since", metavar="DURATION",
+                        help="Only intervals starting at or after this time from the profile's "
+                             "start (e.g. 10s).")(f)

@@ -16,7 +16,7 @@ from rsprof.errors import RsprofError, UsageError
 from rsprof.recording.heap_region import create_region, remove_stale_regions
 from rsprof.recording.process import ProcessInfo
 from rsprof.recording.recorder import Recorder, RecordOptions
-from rsprof.shim import shim_path
+from rsprof.shim import child_env, shim_path
 from rsprof.tui.live import LiveSession, display_available
 
 SHM_ENV = "RSPROF_SHM"
@@ -71,7 +71,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
     shim = str(shim_path())
     remove_stale_regions()
     region = create_region(self_sample_hz=cpu_freq if cpu_source == "self" else 0)
-    env = dict(os.environ)
+    env = child_env(os.environ)  # a one-file rsprof's LD_LIBRARY_PATH is not the program's
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[SHM_ENV] = region.name
     live = display_available(quiet)

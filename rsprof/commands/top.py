@@ -7,11 +7,20 @@ from pathlib import Path
 
 import click
 
-from rsprof.commands.options import report_options
+from rsprof.commands.options import report_options, selection_options
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
 from rsprof.report.heap import build_heap_report, human_bytes
 from rsprof.report.render import Cell, render_csv, render_json, render_table
+from rsprof.report.selection import parse_selection
+from rsprof.report.tables import (
+    CPU_CSV_HEADERS,
+    HEAP_CSV_HEADERS,
+    cpu_csv_rows,
+    cpu_document,
+    heap_csv_rows,
+    heap_document,
+)
 from rsprof.storage.profile_file import open_readonly
 
 
@@ -22,12 +31,14 @@ def top_group() -> None:
 
 @top_group.command("cpu")
 @report_options("functions", "samples")
+@selection_options
 @click.option("--threshold", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="Hide functions below this % (of the sort column).")
 @click.option("--sort", "sort_by", type=click.Choice(["self", "total"]), default="self",
               show_default=True, help="Order by self or total (inclusive) share.")
 def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
-            include_internal: bool, as_json: bool, as_csv: bool) -> None:
+            include_internal: bool, as_json: bool, as_csv: bool, since: str | None,
+            until: str | None, threads: tuple[str, ...]) -> None:
     """Functions by self CPU %, with total (inclusive) % and file:line.
 
     Samples are charged to the innermost frame of the user's own code (not the
@@ -35,9 +46,10 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     docs/attribution.md.
     """
     path = resolve_profile(profile)
+    selection = parse_selection(since, until, threads)
     conn = open_readonly(path)
     try:
-        report = build_cpu_report(conn, include_internal=include_internal)
+        report = build_cpu_report(conn, include_internal=include_internal, selection=selection)
     finally:
         conn.close()
     if sort_by == "total":
@@ -49,25 +61,13 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     s = report.summary
     out = sys.stdout
     if as_json:
-        render_json(out, {
-            "profile": str(path), "summary": s.as_dict(), "total_samples": report.total_samples,
-            "attribution": "leaf" if include_internal else "user",
-            "functions": [{
-                "function": r.function, "module": r.module, "file": r.file, "line": r.line,
-                "self_samples": r.self_samples, "total_samples": r.total_samples,
-                "self_percent": round(r.self_percent, 2),
-                "total_percent": round(r.total_percent, 2),
-            } for r in rows],
-        })
+        render_json(out, cpu_document(path, report, rows, include_internal, selection))
         return
     headers = ["self%", "total%", "samples", "function", "location"]
     table: list[list[Cell]] = [
         [r.self_percent, r.total_percent, r.self_samples, r.function, r.location] for r in rows]
     if as_csv:
-        render_csv(out, ["self_percent", "total_percent", "self_samples", "total_samples",
-                         "function", "file", "line", "module"],
-                   [[round(r.self_percent, 2), round(r.total_percent, 2), r.self_samples,
-                     r.total_samples, r.function, r.file, r.line, r.module] for r in rows])
+        render_csv(out, CPU_CSV_HEADERS, cpu_csv_rows(rows))
         return
     c = s.counters
     out.write(
@@ -76,6 +76,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
         f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
         f"broken stacks {c['broken_stacks']}, unresolved addresses "
         f"{c['unresolved_addresses']}\n")
+    if not selection.everything:
+        out.write(f"selection: {selection.describe()}\n")
     if c["malformed_records"] or c["other_process_samples"]:
         out.write(f"malformed records {c['malformed_records']}, samples of child processes "
                   f"{c['other_process_samples']} (not stored)\n")
@@ -85,8 +87,10 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
 
 @top_group.command("heap")
 @report_options("call sites", "allocations")
+@selection_options
 def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: bool,
-             as_csv: bool) -> None:
+             as_csv: bool, since: str | None, until: str | None,
+             threads: tuple[str, ...]) -> None:
     """Allocation sites by live bytes: live, total allocated, allocs, frees, file:line.
 
     Live bytes are exact: every allocation and free of the recording is
@@ -94,9 +98,10 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
     apart (unknown frees), never charged to a site.
     """
     path = resolve_profile(profile)
+    selection = parse_selection(since, until, threads)
     conn = open_readonly(path)
     try:
-        report = build_heap_report(conn, include_internal=include_internal)
+        report = build_heap_report(conn, include_internal=include_internal, selection=selection)
     finally:
         conn.close()
     rows = report.rows[:limit]
@@ -104,24 +109,10 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
     c = s.counters
     out = sys.stdout
     if as_json:
-        render_json(out, {
-            "profile": str(path), "summary": s.as_dict(),
-            "live_bytes": report.live_bytes, "alloc_bytes": report.alloc_bytes,
-            "allocs": report.allocs, "frees": report.frees,
-            "attribution": "leaf" if include_internal else "user",
-            "sites": [{
-                "function": r.function, "module": r.module, "file": r.file, "line": r.line,
-                "live_bytes": r.live_bytes, "peak_live_bytes": r.peak_live_bytes,
-                "alloc_bytes": r.alloc_bytes, "free_bytes": r.free_bytes,
-                "allocs": r.allocs, "frees": r.frees, "stacks": r.sites,
-            } for r in rows],
-        })
+        render_json(out, heap_document(path, report, rows, include_internal, selection))
         return
     if as_csv:
-        render_csv(out, ["live_bytes", "peak_live_bytes", "alloc_bytes", "free_bytes", "allocs",
-                         "frees", "function", "file", "line", "module"],
-                   [[r.live_bytes, r.peak_live_bytes, r.alloc_bytes, r.free_bytes, r.allocs,
-                     r.frees, r.function, r.file, r.line, r.module] for r in rows])
+        render_csv(out, HEAP_CSV_HEADERS, heap_csv_rows(rows))
         return
     out.write(
         f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
@@ -129,7 +120,10 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
         f" in {report.allocs} allocations, {report.frees} frees\n"
         f"dropped {c['heap_dropped']}, unknown frees (allocated before recording) "
         f"{c['heap_unknown_frees']}, unknown stacks {c['heap_unknown_stacks']}, "
-        f"malformed {c['heap_malformed']}\n\n")
+        f"malformed {c['heap_malformed']}\n")
+    if not selection.everything:
+        out.write(f"selection: {selection.describe()} (live: at its end)\n")
+    out.write("\n")
     table: list[list[Cell]] = [
         [human_bytes(r.live_bytes), human_bytes(r.alloc_bytes), r.allocs, r.frees, r.function,
          r.location] for r in rows]

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
+from rsprof.report.selection import Selection, selected_cpu_counts
 from rsprof.storage.writer import decompress_ids
 
 
@@ -49,7 +50,9 @@ def _logical_frames(conn: sqlite3.Connection) -> dict[int, list[tuple[FunctionKe
     return out
 
 
-def build_cpu_report(conn: sqlite3.Connection, include_internal: bool = False) -> CpuReport:
+def build_cpu_report(conn: sqlite3.Connection, include_internal: bool = False,
+                     selection: Selection | None = None) -> CpuReport:
+    """Self and total samples per function, over the selected intervals and threads."""
     summary = read_summary(conn)
     charged_column = "leaf_frame_id" if include_internal else "user_frame_id"
     frames_info: dict[int, tuple[str, str, str | None, int | None]] = {
@@ -59,8 +62,10 @@ def build_cpu_report(conn: sqlite3.Connection, include_internal: bool = False) -
             " JOIN modules m ON m.id = f.module_id")
     }
     logical = _logical_frames(conn)
+    counts_sql, params = selected_cpu_counts(conn, selection or Selection())
     stack_samples: dict[int, int] = dict(conn.execute(
-        "SELECT stack_id, SUM(samples) FROM cpu_counts GROUP BY stack_id").fetchall())
+        f"SELECT stack_id, SUM(samples) FROM ({counts_sql}) GROUP BY stack_id",
+        params).fetchall())
     total = sum(stack_samples.values())
     self_counts: Counter[FunctionKey] = Counter()
     total_counts: Counter[FunctionKey] = Counter()

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
+from rsprof.report.selection import Selection, selected_heap_sites
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,25 +38,34 @@ class HeapReport:
     rows: list[HeapRow] = field(default_factory=list)
 
 
-def build_heap_report(conn: sqlite3.Connection, include_internal: bool = False) -> HeapReport:
-    """Sites grouped by the frame they are charged to (function and file:line)."""
+def build_heap_report(conn: sqlite3.Connection, include_internal: bool = False,
+                      selection: Selection | None = None) -> HeapReport:
+    """Sites grouped by the frame they are charged to (function and file:line), over
+    the whole recording or a time window (selection)."""
     summary = read_summary(conn)
     column = "leaf_frame_id" if include_internal else "user_frame_id"
-    rows = conn.execute(
-        f"SELECT f.function, m.path, f.file, f.line, SUM(h.live_bytes),"
-        f" SUM(h.peak_live_bytes), SUM(h.alloc_bytes), SUM(h.free_bytes), SUM(h.allocs),"
-        f" SUM(h.frees), COUNT(*)"
-        f" FROM heap_sites h JOIN stacks s ON s.id = h.stack_id"
-        f" JOIN frames f ON f.id = s.{column} JOIN modules m ON m.id = f.module_id"
-        f" GROUP BY f.id ORDER BY 5 DESC, 7 DESC, 1"
-    ).fetchall()
+    charged = dict(conn.execute(f"SELECT id, {column} FROM stacks").fetchall())
+    frames = {fid: (function, module, file, line) for fid, function, module, file, line in
+              conn.execute("SELECT f.id, f.function, m.path, f.file, f.line FROM frames f"
+                           " JOIN modules m ON m.id = f.module_id")}
+    grouped: dict[int, list[int]] = {}
+    for (_rid, sid), t in selected_heap_sites(conn, selection or Selection()).items():
+        fid = charged.get(sid)
+        if fid is None:
+            continue
+        g = grouped.setdefault(fid, [0] * 7)
+        for i, v in enumerate((t.live_bytes, t.peak_live_bytes, t.alloc_bytes, t.free_bytes,
+                               t.allocs, t.frees, 1)):
+            g[i] += v
     report = HeapReport(summary=summary)
-    for function, module, file, line, live, peak, ab, fb, a, f, n in rows:
+    for fid, (live, peak, ab, fb, a, f, n) in grouped.items():
+        function, module, file, line = frames[fid]
         report.rows.append(HeapRow(function, module, file, line, live, peak, ab, fb, a, f, n))
         report.live_bytes += live
         report.alloc_bytes += ab
         report.allocs += a
         report.frees += f
+    report.rows.sort(key=lambda r: (-r.live_bytes, -r.alloc_bytes, r.function))
     return report
 
 
