@@ -10,6 +10,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -153,6 +154,19 @@ def test_selection_applies_to_top_and_every_table_format(profiles: dict[str, Pat
     assert both["total_samples"] == _db_samples(db, f"tid = {tid} AND {window}")
     text = run_rsprof("top", "cpu", str(db), "--since", "1s", check=True).stdout
     assert "selection: 1s..end" in text
+    # The stack formats read through the same selection.
+    window = ("--since", "1s", "--until", "3s")
+    speedscope = json.loads(run_rsprof("export", str(db), "-o", "-", "-f", "speedscope",
+                                       *window, check=True).stdout)
+    assert sum(sum(p["weights"]) for p in speedscope["profiles"]) == expected
+    svg = ElementTree.fromstring(run_rsprof("export", str(db), "-o", "-", "-f", "svg",
+                                            *window, check=True).stdout)
+    root_values = [int(g.get("data-v", "0")) for g in svg.iter("{http://www.w3.org/2000/svg}g")
+                   if g.get("data-d") == "0"]
+    assert root_values == [expected]
+    pprof = tmp_path / "window.pb.gz"
+    run_rsprof("export", str(db), "-o", str(pprof), *window, "--thread", "split-0", check=True)
+    assert pprof.read_bytes()[:2] == b"\x1f\x8b"  # gzip; its sums: test_export_pprof.py
 
 
 def test_heap_window(profiles: dict[str, Path], run_rsprof: Run) -> None:

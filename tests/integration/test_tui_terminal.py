@@ -32,6 +32,10 @@ class Pane:
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
                               capture_output=True, text=True, check=True).stdout
 
+    def resize(self, width: int, height: int) -> None:
+        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width), "-y",
+                        str(height)], check=True)
+
     def keys(self, *keys: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
 
@@ -122,6 +126,16 @@ def test_live_tui_then_view(tmux: Callable[..., Pane], tmp_path: Path,
     pane.keys("2")
     pane.wait_for(lambda t: "Total allocated" in t and "leaky_site" in t,
                   "the memory view of the saved profile")
+    # 80 columns: the chart sits under the table; the footer is the last line.
+    text = pane.text()
+    assert not any("│" in line and "leaky_site" in line for line in text.splitlines())
+    assert text.rstrip().splitlines()[-1].lstrip().startswith("q quit")
+    pane.resize(140, 40)  # live: the chart moves beside the table, the footer down
+    text = pane.wait_for(
+        lambda t: any("│" in line and "leaky_site" in line for line in t.splitlines()),
+        "the chart beside the table after the resize")
+    assert len(text.rstrip("\n").splitlines()) == 40
+    assert text.rstrip().splitlines()[-1].lstrip().startswith("q quit")
     pane.keys("?")
     pane.wait_for(lambda t: "Pan chart" in t, "the help")
     pane.keys("x")
