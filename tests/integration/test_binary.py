@@ -201,6 +201,11 @@ def test_record_report_and_view(
     count = run_binary("query", "a.db", "SELECT COUNT(*) FROM cpu_samples").stdout
     assert int(count.split()[-1]) > 0, count
 
+    for out in ("a.svg", "a.pb.gz", "a.speedscope.json", "a.folded"):  # every exporter bundled
+        run_binary("export", "a.db", "-o", out)
+        assert (outside / out).stat().st_size > 0
+    assert "cpu_split::work_fifty" in (outside / "a.folded").read_text()
+
     env = shlex.join([*_env(outside), "TERM=xterm-256color"])
     pane = tmux(f"cd {shlex.quote(str(outside))} && {env} {shlex.quote(str(binary))} "
                 "view a.db; echo EXIT=$?; sleep 60")
