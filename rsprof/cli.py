@@ -35,10 +35,11 @@ Report and query a saved profile (default: the newest in this directory):
   rsprof top cpu [FILE] [-n 50] [--threshold 1.0] [--json|--csv]
   rsprof top heap [FILE] [-n 20] [--json|--csv]
   rsprof query FILE "SELECT * FROM cpu_samples LIMIT 10"
-  rsprof view [FILE]            browse it in the TUI (? lists the keys)
-  rsprof export FILE -o cpu.svg  flame graph; also .pb.gz (pprof), .speedscope.json,
-                                .folded, .json, .csv; --since/--until/--thread
+  rsprof view [FILE]               browse it in the TUI (? lists the keys)
+  rsprof export FILE -o cpu.svg    flame graph; also .pb.gz (pprof), .speedscope.json,
+                                   .folded, .json, .csv
   rsprof list [-d DIR]
+top and export take --since 10s --until 40s --thread NAME (a part of the profile).
 """
 
 
