@@ -44,8 +44,7 @@ def snapshot(rows: int, intervals: int = 600) -> Snapshot:
                 for i in range(rows))
     return Snapshot(state=RECORDING, process_name="bench", pid=1, elapsed_s=600.0,
                     samples=rows * 10, interval_s=1.0, intervals=intervals, dropped=0, lost=0,
-                    cpu_rows=cpu, mem_rows=mem, has_heap=True, version=1,
-                    cpu_by_key={r.key: r for r in cpu}, mem_by_key={r.key: r for r in mem})
+                    cpu_rows=cpu, mem_rows=mem, has_heap=True, version=1)
 
 
 def key_times(rows: int) -> list[float]:

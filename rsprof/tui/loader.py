@@ -48,7 +48,17 @@ class ProfileLoader:
         self._contrib: dict[tuple[int, int], Counter[tuple[str, str]]] = {}
         self._cpu_names: dict[str, str] = {}
         self._interval_samples: Counter[int] = Counter()
+        self._interval_keys: dict[int, set[str]] = defaultdict(set)  # keys with samples there
         self._last_interval = -1
+        # The per-row series handed to snapshots. A snapshot shares them with the UI
+        # thread, so one is never changed after it is handed out: a key whose values
+        # changed gets a new dict (copied, then the changed intervals set), the others
+        # are shared as they are. Rebuilding every series at every commit cost a long
+        # live recording time in proportion to everything recorded so far.
+        self._cpu_view: dict[str, dict[int, float]] = {}
+        self._mem_view: dict[str, dict[int, float]] = {}
+        self._cpu_dirty: set[int] = set()   # intervals whose shares changed since then
+        self._mem_dirty: set[str] = set()   # keys whose live-bytes series changed
         # heap: per stack (latest running totals) and per charged frame
         self._site: dict[int, tuple[int, int, int]] = {}  # stack -> live, alloc bytes, allocs
         self._site_key: dict[int, str] = {}
@@ -120,11 +130,13 @@ class ProfileLoader:
             series = series_of[key]
             series[idx] = series.get(idx, 0) + samples
             per_interval[idx] += samples
+            self._interval_keys[idx].add(key)
             if interval >= keep_from:
                 contrib = self._contrib.get((rec.id, interval))
                 if contrib is None:
                     contrib = self._contrib[(rec.id, interval)] = Counter()
                 contrib[(key, location)] += samples
+        self._cpu_dirty.update(range(offset + lo, offset + newest + 1))
         rec.cpu_done = max(rec.cpu_done, newest)
         self._last_interval = max(self._last_interval, offset + newest)
         for k in [k for k in self._contrib if k[0] == rec.id and k[1] < keep_from]:
@@ -157,6 +169,7 @@ class ProfileLoader:
         for idx in sorted(touched):
             for key in touched[idx]:
                 self._mem_series[key][idx] = float(self._mem_live[key])
+            self._mem_dirty.update(touched[idx])
             self._last_interval = max(self._last_interval, idx)
 
     def load(self) -> Snapshot:
@@ -178,6 +191,27 @@ class ProfileLoader:
 
     # -- building -------------------------------------------------------------
 
+    def _publish_series(self) -> None:
+        """New series dicts for the keys whose values changed since the last snapshot."""
+        updates: dict[str, dict[int, float]] = defaultdict(dict)
+        for idx in self._cpu_dirty:
+            total = self._interval_samples.get(idx, 0)
+            for key in self._interval_keys.get(idx, ()):
+                raw = self._cpu_series[key].get(idx, 0)
+                updates[key][idx] = 100.0 * raw / total if raw > 0 and total else 0.0
+        for key, changed in updates.items():
+            series = dict(self._cpu_view.get(key, ()))
+            for idx, pct in changed.items():
+                if pct:
+                    series[idx] = pct
+                else:
+                    series.pop(idx, None)
+            self._cpu_view[key] = series
+        for key in self._mem_dirty:
+            self._mem_view[key] = dict(self._mem_series[key])
+        self._cpu_dirty.clear()
+        self._mem_dirty.clear()
+
     def _snapshot(self, summary: ProfileSummary, has_heap: bool) -> Snapshot:
         total = sum(self._cpu_total.values())
         last = self._last_interval
@@ -186,23 +220,22 @@ class ProfileLoader:
         # still filling).
         live_iv = last - 1 if recording and last > 0 else last
         live_total = self._interval_samples.get(live_iv, 0)
+        self._publish_series()
         cpu_rows: list[CpuRow] = []
         for key, n in self._cpu_total.items():
             if n <= 0:
                 continue
             raw = self._cpu_series[key]
-            series = {i: 100.0 * v / self._interval_samples[i] for i, v in raw.items()
-                      if v > 0 and self._interval_samples.get(i)}
             cpu_rows.append(CpuRow(
                 key=key, function=self._cpu_names[key],
                 location=self._cpu_lines[key].most_common(1)[0][0],
                 samples=n, total_pct=100.0 * n / total if total else 0.0,
                 live_pct=100.0 * raw.get(live_iv, 0) / live_total if live_total else 0.0,
-                series=series))
+                series=self._cpu_view.get(key, {})))
         mem_rows = [
             MemRow(key=key, function=self._mem_names[key][0], location=self._mem_names[key][1],
                    live_bytes=self._mem_live[key], alloc_bytes=self._mem_alloc[key],
-                   allocs=self._mem_allocs[key], series=dict(self._mem_series[key]))
+                   allocs=self._mem_allocs[key], series=self._mem_view.get(key, {}))
             for key in self._mem_names]
         cpu_rows.sort(key=lambda r: (-r.samples, r.function))
         mem_rows.sort(key=lambda r: (-r.live_bytes, -r.alloc_bytes, r.function))
@@ -219,5 +252,4 @@ class ProfileLoader:
             interval_s=self._interval_s, intervals=last + 1,
             dropped=counters.get("heap_dropped", 0), lost=counters.get("lost_records", 0),
             cpu_rows=tuple(cpu_rows), mem_rows=tuple(mem_rows), has_heap=has_heap,
-            message=summary.end_reason if state == ENDED else "", version=self._version,
-            cpu_by_key={r.key: r for r in cpu_rows}, mem_by_key={r.key: r for r in mem_rows})
+            message=summary.end_reason if state == ENDED else "", version=self._version)

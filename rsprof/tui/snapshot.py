@@ -8,7 +8,7 @@ sparse (interval index -> value): most functions appear in a few intervals.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 RECORDING, ENDED, VIEW = "RECORDING", "ENDED", "VIEW"
 
@@ -51,8 +51,6 @@ class Snapshot:
     has_heap: bool = False
     message: str = ""         # e.g. why recording ended
     version: int = 0          # bumped by the loader for every new snapshot
-    cpu_by_key: Mapping[str, CpuRow] = field(default_factory=dict)
-    mem_by_key: Mapping[str, MemRow] = field(default_factory=dict)
 
 
 EMPTY = Snapshot(state=RECORDING, process_name="", pid=0, elapsed_s=0.0, samples=0,

@@ -52,8 +52,7 @@ def make_snapshot(state: str = RECORDING, n_extra: int = 0) -> Snapshot:
     cpu.sort(key=lambda r: -r.samples)
     return Snapshot(state=state, process_name="rsprof-example", pid=4242, elapsed_s=40.0,
                     samples=12_345, interval_s=1.0, intervals=40, dropped=0, lost=3,
-                    cpu_rows=tuple(cpu), mem_rows=tuple(mem), has_heap=True, version=1,
-                    cpu_by_key={r.key: r for r in cpu}, mem_by_key={r.key: r for r in mem})
+                    cpu_rows=tuple(cpu), mem_rows=tuple(mem), has_heap=True, version=1)
 
 
 def drive(keys: str, snap: Snapshot | None = None, live: bool = True,
