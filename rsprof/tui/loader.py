@@ -147,7 +147,18 @@ class ProfileLoader:
             "SELECT interval, stack_id, live_bytes, alloc_bytes, allocs FROM heap_counts"
             " WHERE recording_id = ? AND interval >= ? ORDER BY interval",
             (rec.id, rec.heap_done)).fetchall()
-        touched: dict[int, set[str]] = defaultdict(set)
+        touched: set[str] = set()  # keys changed in the interval being read
+        idx = -1
+
+        def close_interval() -> None:
+            """The live bytes of the keys changed in interval idx, as they stand at its
+            end (rows come in interval order)."""
+            for key in touched:
+                self._mem_series[key][idx] = float(self._mem_live[key])
+            self._mem_dirty.update(touched)
+            touched.clear()
+            self._last_interval = max(self._last_interval, idx)
+
         for interval, stack_id, live, alloc_bytes, allocs in rows:
             site = stack_id  # stack ids are unique across recordings
             key = self._site_key.get(site)
@@ -158,19 +169,19 @@ class ProfileLoader:
                 key = frame[3]
                 self._site_key[site] = key
                 self._mem_names[key] = (frame[1], frame[2])
+            if rec.offset + interval != idx:
+                if touched:
+                    close_interval()
+                idx = rec.offset + interval
             old_live, old_alloc, old_allocs = self._site.get(site, (0, 0, 0))
             self._site[site] = (live, alloc_bytes, allocs)
             self._mem_live[key] += live - old_live
             self._mem_alloc[key] += alloc_bytes - old_alloc
             self._mem_allocs[key] += allocs - old_allocs
-            idx = rec.offset + interval
-            touched[idx].add(key)
+            touched.add(key)
             rec.heap_done = max(rec.heap_done, interval)
-        for idx in sorted(touched):
-            for key in touched[idx]:
-                self._mem_series[key][idx] = float(self._mem_live[key])
-            self._mem_dirty.update(touched[idx])
-            self._last_interval = max(self._last_interval, idx)
+        if touched:
+            close_interval()
 
     def load(self) -> Snapshot:
         """Read what is new and return the next snapshot."""

@@ -70,6 +70,11 @@ def test_loader_agrees_with_top_and_survives_live_reads(targets: Path, run_rspro
     assert fresh.state == VIEW
     assert _cpu_samples(live_final) == _cpu_samples(fresh)
     assert _mem(live_final) == _mem(fresh)
+    # The per-interval series too (the loader updates them in place of rebuilding).
+    assert {r.key: dict(r.series) for r in live_final.cpu_rows} == \
+        {r.key: dict(r.series) for r in fresh.cpu_rows}
+    assert {r.key: dict(r.series) for r in live_final.mem_rows} == \
+        {r.key: dict(r.series) for r in fresh.mem_rows}
     assert live_final.intervals == fresh.intervals
     total = sum(_cpu_samples(fresh).values())
     assert total == int(dict(query(db, "SELECT key, value FROM meta"))["samples"])
