@@ -42,6 +42,7 @@ def snapshot(rows: int, intervals: int = 600) -> Snapshot:
                        alloc_bytes=(i * 65537) % 10**9, allocs=i * 3,
                        series={k: float(i * k) for k in range(0, intervals, 11)})
                 for i in range(rows))
+    mem = tuple(sorted(mem, key=lambda r: (-r.live_bytes, -r.alloc_bytes, r.function)))
     return Snapshot(state=RECORDING, process_name="bench", pid=1, elapsed_s=600.0,
                     samples=rows * 10, interval_s=1.0, intervals=intervals, dropped=0, lost=0,
                     cpu_rows=cpu, mem_rows=mem, has_heap=True, version=1)

@@ -46,6 +46,8 @@ class Snapshot:
     intervals: int            # intervals with data so far (series indices < intervals)
     dropped: int              # heap records the shim could not write
     lost: int                 # perf records the kernel dropped
+    # Rows in the default order: CPU by samples, memory by live then allocated bytes
+    # (then function); the UI sorts only for the other columns.
     cpu_rows: tuple[CpuRow, ...] = ()
     mem_rows: tuple[MemRow, ...] = ()
     has_heap: bool = False

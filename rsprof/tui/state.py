@@ -64,7 +64,7 @@ class ViewState:
         if needle:
             rows = tuple(r for r in rows
                          if needle in r.function.lower() or needle in r.location.lower())
-        if column != SORTS[self.view][0] or self.view == MEM:
+        if column != SORTS[self.view][0]:  # snapshots come in the first column's order
             rows = tuple(sorted(rows, key=_sort_key(self.view, column)))
         self._cache.clear()
         self._cache[key] = rows
