@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 from rsprof import __version__
 from rsprof._ring import SHM_VERSION
 from tests.conftest import ROOT, Target
+from tests.integration.tmux_pane import Pane
 
 pytestmark = pytest.mark.integration
 
@@ -143,35 +143,6 @@ def test_run_gives_the_program_the_users_environment(
     assert "LD_LIBRARY_PATH" not in result.stdout  # the user had none
 
 
-class Pane:
-    """A tmux session running one command; read with capture-pane, driven with send-keys."""
-
-    def __init__(self, command: str, width: int = 100, height: int = 30) -> None:
-        self.name = f"rsprof-binary-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", str(width),
-                        "-y", str(height), command], check=True)
-
-    def text(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True, check=True).stdout
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
-        deadline = time.monotonic() + timeout
-        screen = ""
-        while time.monotonic() < deadline:
-            screen = self.text()
-            if text in screen:
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {text!r}; the screen:\n{screen}")
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
-
-
 @pytest.fixture
 def tmux() -> Iterator[Callable[[str], Pane]]:
     if shutil.which("tmux") is None:
@@ -179,7 +150,7 @@ def tmux() -> Iterator[Callable[[str], Pane]]:
     panes: list[Pane] = []
 
     def start(command: str) -> Pane:
-        panes.append(Pane(command))
+        panes.append(Pane(command, 100, 30, timeout=30.0))
         return panes[-1]
 
     yield start

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,56 +18,27 @@ import pytest
 
 from tests.conftest import Target, rsprof_env
 from tests.integration.helpers import build_trace_app, query
+from tests.integration.tmux_pane import Pane
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
 
 
-class Pane:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def text(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name],
-                              capture_output=True, text=True, check=True).stdout
-
-    def resize(self, width: int, height: int) -> None:
-        subprocess.run(["tmux", "resize-window", "-t", self.name, "-x", str(width), "-y",
-                        str(height)], check=True)
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
-
-    def wait_for(self, predicate: Callable[[str], bool], what: str,
-                 timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.text()
-            if predicate(text):
-                return text
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; the screen:\n{text}")
-
-
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Callable[..., Pane]]:
-    sessions: list[str] = []
+    panes: list[Pane] = []
 
     def start(command: list[str], width: int = 120, height: int = 40) -> Pane:
-        name = f"rsprof-test-{uuid.uuid4().hex[:8]}"
         env = rsprof_env(tmp_path / "cache")
         exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("PYTHONPATH", "XDG_CACHE_HOME"))
         shell = (f"cd {shlex.quote(str(tmp_path))} && env {exports} TERM=xterm-256color "
                  f"{shlex.join(command)}; echo EXIT=$?; sleep 600")
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y",
-                        str(height), shell], check=True)
-        sessions.append(name)
-        return Pane(name)
+        panes.append(Pane(shell, width, height))
+        return panes[-1]
 
     yield start
-    for name in sessions:
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+    for pane in panes:
+        pane.close()
 
 
 def _rsprof(*args: str) -> list[str]:
