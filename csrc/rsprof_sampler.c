@@ -174,8 +174,22 @@ __attribute__((no_sanitize_address)) static uint32_t walk(uintptr_t sp, uintptr_
     return n;
 }
 
+/* The arming try-lock: never waited for in a handler (a held lock means "next
+ * time"); unlock() releases it. */
+static inline int try_lock(void)
+{
+    int unlocked = 0;
+    return __atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
+                                       __ATOMIC_RELAXED);
+}
+
+static inline void unlock(void)
+{
+    STORE_REL(&g_lock, 0);
+}
+
 static void arm_all_threads(uint32_t sess, uint32_t interval_us);
-static void arm_session_locked(struct rsprof_shm_header *h, uint32_t requested, uint32_t sess);
+static void arm_session_locked(uint32_t requested, uint32_t sess);
 
 /* The reader's wake-up (RSPROF_SAMPLER_WAKE): arm every thread not armed yet. */
 static void on_wake(struct rsprof_shm_header *h)
@@ -183,12 +197,10 @@ static void on_wake(struct rsprof_shm_header *h)
     uint32_t requested = LOAD_RLX(&h->reserved0);
     if (!rsprof__on() || requested == 0 || g_handler <= 0)
         return;
-    int unlocked = 0;
-    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
-                                     __ATOMIC_RELAXED))
+    if (!try_lock())
         return; /* the reader wakes again at its next flush */
-    arm_session_locked(h, requested, LOAD_ACQ(&h->session));
-    STORE_REL(&g_lock, 0);
+    arm_session_locked(requested, LOAD_ACQ(&h->session));
+    unlock();
 }
 
 /* The scout's signal: arm the threads started since the last look. */
@@ -202,14 +214,12 @@ static void on_scout(struct rsprof_shm_header *h)
             set_timer(kid, RSPROF_SCOUT_MS * 1000u);
         return;
     }
-    int unlocked = 0;
-    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
-                                     __ATOMIC_RELAXED))
+    if (!try_lock())
         return; /* held by the code this signal interrupted, or by another thread */
     uint32_t sess = LOAD_ACQ(&h->session);
     if (LOAD_RLX(&g_scanned) == sess + 1)
         arm_all_threads(sess, LOAD_RLX(&g_interval_us));
-    STORE_REL(&g_lock, 0);
+    unlock();
 }
 
 static void on_sigprof(int sig, siginfo_t *si, void *ucv)
@@ -418,7 +428,7 @@ static void start_scout(uint32_t sess)
 
 /* The first arming of a session (every thread in /proc/self/task, the
  * scout), or a re-scan for threads started since; under g_lock. */
-static void arm_session_locked(struct rsprof_shm_header *h, uint32_t requested, uint32_t sess)
+static void arm_session_locked(uint32_t requested, uint32_t sess)
 {
     uint32_t interval_us = 1000000u / effective_hz(requested);
     if (LOAD_RLX(&g_scanned) != sess + 1) {
@@ -429,7 +439,6 @@ static void arm_session_locked(struct rsprof_shm_header *h, uint32_t requested, 
     } else {
         arm_all_threads(sess, LOAD_RLX(&g_interval_us));
     }
-    (void)h;
 }
 
 /* Called by the shim's hooks while recording (its recursion guard set). */
@@ -443,19 +452,17 @@ void rsprof__sampler_enter(struct rsprof_shm_header *h)
     uint64_t tag = (1ull << 32) | sess;
     if (RSPROF_LIKELY(t_sampler_tag == tag) || g_handler < 0)
         return;
-    int unlocked = 0;
-    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
-                                     __ATOMIC_RELAXED))
+    if (!try_lock())
         return; /* another thread is arming: try again at the next hook */
     int saved = errno;
     if (install_handler()) {
         if (LOAD_RLX(&g_scanned) != sess + 1)
-            arm_session_locked(h, requested, sess);
+            arm_session_locked(requested, sess);
         arm_thread(gettid_raw(), sess, LOAD_RLX(&g_interval_us));
     }
     t_sampler_tag = tag;
     errno = saved;
-    STORE_REL(&g_lock, 0);
+    unlock();
 }
 
 /* At start-up, once the region is mapped: install the handler now (when
@@ -464,15 +471,13 @@ void rsprof__sampler_enter(struct rsprof_shm_header *h)
 RSPROF_HIDDEN void rsprof__sampler_init(struct rsprof_shm_header *h);
 void rsprof__sampler_init(struct rsprof_shm_header *h)
 {
-    int unlocked = 0;
-    if (!__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
-                                     __ATOMIC_RELAXED))
+    if (!try_lock())
         return;
     int saved = errno;
     if (install_handler())
         STORE_REL(&h->sampler_ready, 1u);
     errno = saved;
-    STORE_REL(&g_lock, 0);
+    unlock();
 }
 
 /* A thread that starts while self-sampling is on arms its own timer at once,
@@ -490,11 +495,7 @@ void rsprof__sampler_thread_start(void)
         return;
     int saved = errno;
     uint32_t sess = LOAD_ACQ(&h->session);
-    int unlocked = 0;
-    for (unsigned spins = 0; !__atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0,
-                                                          __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
-         spins++) {
-        unlocked = 0;
+    for (unsigned spins = 0; !try_lock(); spins++) {
         if (spins > 1000) { /* the arming thread is stuck: give up, a hook retries */
             errno = saved;
             return;
@@ -503,6 +504,6 @@ void rsprof__sampler_thread_start(void)
     }
     arm_thread(gettid_raw(), sess, 1000000u / effective_hz(requested));
     t_sampler_tag = (1ull << 32) | sess;
-    STORE_REL(&g_lock, 0);
+    unlock();
     errno = saved;
 }
