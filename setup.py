@@ -26,10 +26,14 @@ extensions = [
 SHIM_NAME = "librsprof_shim.so"
 SHIM_SOURCES = ["csrc/rsprof_shim.c", "csrc/rsprof_sampler.c", "csrc/rsprof_preload.c"]
 SHIM_DEPENDS = [*SHIM_SOURCES, "csrc/rsprof_shim.h", "csrc/rsprof_shim_internal.h",
-                "csrc/rsprof_shm.h"]
+                "csrc/rsprof_sys.h", "csrc/rsprof_shm.h"]
 SHIM_FLAGS = ["-shared", "-fPIC", "-O2", "-g", "-fno-omit-frame-pointer",
               "-fno-optimize-sibling-calls", "-fvisibility=hidden", "-Wall", "-Wextra",
-              "-Werror", "-pthread"]
+              "-Werror", "-pthread",
+              # Every PLT slot bound at load: a lazily bound call made first inside the
+              # SIGPROF handler would run the dynamic linker's resolver on the program's
+              # small alternate signal stack (csrc/rsprof_sys.h says why that kills it).
+              "-Wl,-z,now", "-Wl,-z,relro"]
 
 
 # What the extensions were built with, for `rsprof --version` (generated; in .gitignore).

@@ -28,7 +28,11 @@
  * code holds it, the next scout retries). A scout signal is never a sample.
  *
  * The handler (SA_SIGINFO | SA_RESTART | SA_ONSTACK) is async-signal-safe: no
- * malloc, no locks, errno kept. It takes the interrupted RIP/RBP (PC/X29 on
+ * malloc, no locks, and no libc call at all: it runs on the program's small
+ * alternate signal stack, where a lazily bound PLT call would run the dynamic
+ * linker's resolver (which saves the whole XSAVE state there: a SIGSEGV on
+ * AVX-512 machines); system calls are made inline (rsprof_sys.h), so errno is
+ * never touched. It takes the interrupted RIP/RBP (PC/X29 on
  * aarch64) from the ucontext and walks frame records with the same bounds
  * proof as the heap walk, but with a proof of its own (pages proven readable
  * with process_vm_readv from the interrupted stack pointer upwards, kept in
@@ -72,6 +76,7 @@
 #include <unistd.h>
 
 #include "rsprof_shim_internal.h"
+#include "rsprof_sys.h"
 
 #define RSPROF_SAMPLER_MAX_THREADS 1024u
 #define RSPROF_SCOUT RSPROF_SAMPLER_MAX_THREADS /* sival of the scout timer */
@@ -105,10 +110,12 @@ static RSPROF_IE_TLS uint64_t t_sampler_tag;
 
 static inline uint32_t gettid_raw(void)
 {
-    return (uint32_t)syscall(SYS_gettid);
+    return (uint32_t)rsprof_sys0(SYS_gettid);
 }
 
-static uint32_t effective_hz(uint32_t requested)
+RSPROF_HIDDEN int rsprof__write_record_nowait(const void *rec, uint32_t size);
+
+RSPROF_NO_LIBCALLS static uint32_t effective_hz(uint32_t requested)
 {
     uint32_t hz = requested;
     if (&RSPROF_TRACE_CPU_HZ != NULL && RSPROF_TRACE_CPU_HZ != 0)
@@ -118,38 +125,38 @@ static uint32_t effective_hz(uint32_t requested)
     return hz ? hz : 1;
 }
 
-static void set_timer(int kid, uint32_t interval_us)
+RSPROF_NO_LIBCALLS static void set_timer(int kid, uint32_t interval_us)
 {
     struct itimerspec its;
     its.it_interval.tv_sec = interval_us / 1000000u;
     its.it_interval.tv_nsec = (long)(interval_us % 1000000u) * 1000L;
     its.it_value = its.it_interval;
-    syscall(SYS_timer_settime, (long)kid, 0L, &its, NULL);
+    rsprof_sys4(SYS_timer_settime, kid, 0, &its, 0);
 }
 
-static void disarm_timer(int kid)
+RSPROF_NO_LIBCALLS static void disarm_timer(int kid)
 {
-    struct itimerspec its;
-    memset(&its, 0, sizeof(its));
-    syscall(SYS_timer_settime, (long)kid, 0L, &its, NULL);
+    struct itimerspec its = {{0, 0}, {0, 0}};
+    rsprof_sys4(SYS_timer_settime, kid, 0, &its, 0);
 }
 
 /* ------------------------------------------------------------------------ */
 /* The handler                                                               */
 /* ------------------------------------------------------------------------ */
 
-static int page_readable(uintptr_t page)
+RSPROF_NO_LIBCALLS static int page_readable(uintptr_t page)
 {
     uint64_t probe;
     struct iovec local = {&probe, sizeof(probe)};
     struct iovec remote = {(void *)page, sizeof(probe)};
-    long got = syscall(SYS_process_vm_readv, (long)getpid(), &local, 1UL, &remote, 1UL, 0UL);
+    long got = rsprof_sys6(SYS_process_vm_readv, rsprof_sys0(SYS_getpid), (long)&local, 1,
+                           (long)&remote, 1, 0);
     return got == (long)sizeof(probe);
 }
 
 /* Return addresses from the frame record at fp, on the stack above sp. */
-__attribute__((no_sanitize_address)) static uint32_t walk(uintptr_t sp, uintptr_t fp,
-                                                         uint64_t *out, uint32_t max)
+RSPROF_NO_LIBCALLS __attribute__((no_sanitize_address)) static uint32_t
+walk(uintptr_t sp, uintptr_t fp, uint64_t *out, uint32_t max)
 {
     uint32_t n = 0;
     uintptr_t lo = sp & ~(uintptr_t)(PAGE - 1), hi = lo;
@@ -176,14 +183,14 @@ __attribute__((no_sanitize_address)) static uint32_t walk(uintptr_t sp, uintptr_
 
 /* The arming try-lock: never waited for in a handler (a held lock means "next
  * time"); unlock() releases it. */
-static inline int try_lock(void)
+RSPROF_NO_LIBCALLS static inline int try_lock(void)
 {
     int unlocked = 0;
     return __atomic_compare_exchange_n(&g_lock, &unlocked, 1, 0, __ATOMIC_ACQUIRE,
                                        __ATOMIC_RELAXED);
 }
 
-static inline void unlock(void)
+RSPROF_NO_LIBCALLS static inline void unlock(void)
 {
     STORE_REL(&g_lock, 0);
 }
@@ -192,7 +199,7 @@ static void arm_all_threads(uint32_t sess, uint32_t interval_us);
 static void arm_session_locked(uint32_t requested, uint32_t sess);
 
 /* The reader's wake-up (RSPROF_SAMPLER_WAKE): arm every thread not armed yet. */
-static void on_wake(struct rsprof_shm_header *h)
+RSPROF_NO_LIBCALLS static void on_wake(struct rsprof_shm_header *h)
 {
     uint32_t requested = LOAD_RLX(&h->reserved0);
     if (!rsprof__on() || requested == 0 || g_handler <= 0)
@@ -204,7 +211,7 @@ static void on_wake(struct rsprof_shm_header *h)
 }
 
 /* The scout's signal: arm the threads started since the last look. */
-static void on_scout(struct rsprof_shm_header *h)
+RSPROF_NO_LIBCALLS static void on_scout(struct rsprof_shm_header *h)
 {
     int kid = LOAD_RLX(&g_scout_kid);
     if (!rsprof__on() || LOAD_RLX(&h->reserved0) == 0) {
@@ -222,25 +229,23 @@ static void on_scout(struct rsprof_shm_header *h)
     unlock();
 }
 
-static void on_sigprof(int sig, siginfo_t *si, void *ucv)
+/* The handler. Everything it reaches is RSPROF_NO_LIBCALLS and makes system
+ * calls inline (rsprof_sys.h), so it neither goes through a PLT slot nor
+ * changes errno: there is nothing to save. */
+RSPROF_NO_LIBCALLS static void on_sigprof(int sig, siginfo_t *si, void *ucv)
 {
     (void)sig;
-    int saved = errno;
     struct rsprof_shm_header *h = __atomic_load_n(&rsprof__hdr, __ATOMIC_ACQUIRE);
     uint32_t idx = (uint32_t)si->si_value.sival_int;
     if (si->si_code == SI_QUEUE && si->si_value.sival_int == RSPROF_SAMPLER_WAKE &&
         (uint32_t)si->si_pid == LOAD_RLX(&h->reader_pid)) {
         on_wake(h);
-        errno = saved;
         return;
     }
-    if (si->si_code != SI_TIMER || idx > RSPROF_SCOUT) {
-        errno = saved;
+    if (si->si_code != SI_TIMER || idx > RSPROF_SCOUT)
         return; /* not one of our timers (kill -PROF, setitimer): ignored */
-    }
     if (idx == RSPROF_SCOUT) {
         on_scout(h);
-        errno = saved;
         return;
     }
     struct tslot *s = &g_slots[idx];
@@ -250,7 +255,6 @@ static void on_sigprof(int sig, siginfo_t *si, void *ucv)
         /* Re-armed for a new session meanwhile: keep it running. */
         if (LOAD_ACQ(&s->session) != armed_for)
             set_timer(LOAD_RLX(&s->kid), LOAD_RLX(&s->interval_us));
-        errno = saved;
         return;
     }
     const ucontext_t *uc = ucv;
@@ -273,15 +277,12 @@ static void on_sigprof(int sig, siginfo_t *si, void *ucv)
         frames[0] = ip;
         depth = 1 + walk(sp, fp, frames + 1, max - 1);
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
     rec->header = RSPROF_REC_HEADER(RSPROF_REC_SAMPLE, size);
     rec->tid = gettid_raw();
     rec->depth = depth;
-    rec->time_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    rsprof_shim_write_record(buf, size, RSPROF_SHIM_NOWAIT);
-    errno = saved;
+    rec->time_ns = rsprof_sys_monotonic_ns();
+    rsprof__write_record_nowait(buf, size);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -321,12 +322,12 @@ static int install_handler(void)
     return 0;
 }
 
-static int thread_alive(uint32_t tid)
+RSPROF_NO_LIBCALLS static int thread_alive(uint32_t tid)
 {
-    return !(syscall(SYS_tgkill, (long)getpid(), (long)tid, 0L) != 0 && errno == ESRCH);
+    return rsprof_sys3(SYS_tgkill, rsprof_sys0(SYS_getpid), tid, 0) != -ESRCH;
 }
 
-static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
+RSPROF_NO_LIBCALLS static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
 {
     struct tslot *free_slot = NULL;
     for (uint32_t i = 0; i < RSPROF_SAMPLER_MAX_THREADS; i++) {
@@ -346,7 +347,7 @@ static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
         for (uint32_t i = 0; i < RSPROF_SAMPLER_MAX_THREADS; i++) {
             struct tslot *s = &g_slots[i];
             if (!thread_alive(s->tid)) {
-                syscall(SYS_timer_delete, (long)s->kid);
+                rsprof_sys1(SYS_timer_delete, s->kid);
                 STORE_REL(&s->tid, 0u);
                 if (free_slot == NULL)
                     free_slot = s;
@@ -355,8 +356,7 @@ static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
         if (free_slot == NULL)
             return;
     }
-    struct sigevent sev;
-    memset(&sev, 0, sizeof(sev));
+    struct sigevent sev = {0};
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = SIGPROF;
     sev.sigev_value.sival_int = (int)(free_slot - g_slots);
@@ -368,7 +368,7 @@ static void arm_thread(uint32_t tid, uint32_t sess, uint32_t interval_us)
     /* The CPU-time clock of thread `tid` (the kernel's MAKE_THREAD_CPUCLOCK). */
     clockid_t clk = (clockid_t)((~(uint32_t)tid) << 3) | 6;
     int kid = -1;
-    if (syscall(SYS_timer_create, (long)clk, &sev, &kid) != 0)
+    if (rsprof_sys3(SYS_timer_create, clk, &sev, &kid) != 0)
         return;
     free_slot->kid = kid;
     STORE_REL(&free_slot->interval_us, interval_us);
@@ -385,14 +385,17 @@ struct linux_dirent64 {
     char d_name[];
 };
 
-static void arm_all_threads(uint32_t sess, uint32_t interval_us)
+RSPROF_NO_LIBCALLS static void arm_all_threads(uint32_t sess, uint32_t interval_us)
 {
-    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    long fd = rsprof_sys4(SYS_openat, AT_FDCWD, "/proc/self/task",
+                          O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return;
-    char buf[2048] __attribute__((aligned(8)));
+    /* Small: this runs on the program's alternate signal stack (the reader's
+     * wake-up, the scout); a directory entry is 24-32 bytes. */
+    char buf[512] __attribute__((aligned(8)));
     for (;;) {
-        long n = syscall(SYS_getdents64, (long)fd, buf, sizeof(buf));
+        long n = rsprof_sys3(SYS_getdents64, fd, buf, sizeof(buf));
         if (n <= 0)
             break;
         for (long off = 0; off < n;) {
@@ -405,20 +408,19 @@ static void arm_all_threads(uint32_t sess, uint32_t interval_us)
             off += d->d_reclen;
         }
     }
-    close(fd);
+    rsprof_sys1(SYS_close, fd);
 }
 
 /* Start (or restart, for a new session) the scout timer; under g_lock. */
-static void start_scout(uint32_t sess)
+RSPROF_NO_LIBCALLS static void start_scout(uint32_t sess)
 {
     if (g_scout_kid < 0) {
-        struct sigevent sev;
-        memset(&sev, 0, sizeof(sev));
+        struct sigevent sev = {0};
         sev.sigev_notify = SIGEV_SIGNAL;
         sev.sigev_signo = SIGPROF;
         sev.sigev_value.sival_int = (int)RSPROF_SCOUT;
         int kid = -1;
-        if (syscall(SYS_timer_create, (long)CLOCK_PROCESS_CPUTIME_ID, &sev, &kid) != 0)
+        if (rsprof_sys3(SYS_timer_create, CLOCK_PROCESS_CPUTIME_ID, &sev, &kid) != 0)
             return;
         STORE_REL(&g_scout_kid, kid);
     }
@@ -428,7 +430,7 @@ static void start_scout(uint32_t sess)
 
 /* The first arming of a session (every thread in /proc/self/task, the
  * scout), or a re-scan for threads started since; under g_lock. */
-static void arm_session_locked(uint32_t requested, uint32_t sess)
+RSPROF_NO_LIBCALLS static void arm_session_locked(uint32_t requested, uint32_t sess)
 {
     uint32_t interval_us = 1000000u / effective_hz(requested);
     if (LOAD_RLX(&g_scanned) != sess + 1) {

@@ -50,6 +50,7 @@
 #include <unistd.h>
 
 #include "rsprof_shim_internal.h"
+#include "rsprof_sys.h"
 
 #if !defined(__x86_64__) && !defined(__aarch64__)
 #error "rsprof_shim: frame record layout known only for x86-64 and aarch64"
@@ -146,6 +147,31 @@ static inline uint32_t my_tid(void)
 /* Ring                                                                      */
 /* ------------------------------------------------------------------------ */
 
+/* One attempt to reserve `size` bytes: 1 reserved (at *pos), 0 the ring is
+ * full, -1 not recording (counted as a drop only if the reader vanished:
+ * STOPPED; a reader that detached, IDLE, ended the recording and nothing is
+ * lost). Reachable from the signal handler: no libc call (rsprof_sys.h). */
+RSPROF_NO_LIBCALLS static int ring_try_reserve(struct rsprof_shm_header *h, uint32_t size,
+                                               uint64_t *pos)
+{
+    for (;;) {
+        if (!recording(h)) {
+            if (LOAD_RLX(&h->state) == RSPROF_STATE_STOPPED)
+                ADD_RLX(&h->dropped, 1);
+            return -1;
+        }
+        uint64_t r = LOAD_RLX(&h->reserve);
+        uint64_t t = LOAD_ACQ(&h->tail);
+        if (!(r + size - t <= g_ring && t <= r))
+            return 0;
+        if (__atomic_compare_exchange_n(&h->reserve, &r, r + size, 1, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED)) {
+            *pos = r;
+            return 1;
+        }
+    }
+}
+
 /* Reserve `size` bytes. Waits (short sleeps) for ring space while the reader's
  * heartbeat is fresh, unless `nowait`. Returns 0 and counts a drop when the
  * record cannot be written. */
@@ -153,23 +179,9 @@ static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, 
 {
     int waited = 0;
     for (;;) {
-        if (!recording(h)) {
-            /* A drop only if the reader vanished (STOPPED); a reader that
-             * detached (IDLE) ended the recording, so nothing is lost. */
-            if (LOAD_RLX(&h->state) == RSPROF_STATE_STOPPED)
-                ADD_RLX(&h->dropped, 1);
-            return 0;
-        }
-        uint64_t r = LOAD_RLX(&h->reserve);
-        uint64_t t = LOAD_ACQ(&h->tail);
-        if (r + size - t <= g_ring && t <= r) {
-            if (__atomic_compare_exchange_n(&h->reserve, &r, r + size, 1, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_RELAXED)) {
-                *pos = r;
-                return 1;
-            }
-            continue;
-        }
+        int got = ring_try_reserve(h, size, pos);
+        if (got != 0)
+            return got > 0;
         if (nowait) {
             ADD_RLX(&h->dropped, 1);
             return 0;
@@ -195,24 +207,35 @@ static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, 
     }
 }
 
-static void ring_copy(uint64_t pos, const void *src, uint64_t n)
+/* Copies whole 8-byte words (record sizes and positions are multiples of 8)
+ * without memcpy: the signal handler reaches it. */
+RSPROF_NO_LIBCALLS static inline void copy_words(uint8_t *dst, const uint8_t *src, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i += 8) {
+        uint64_t w;
+        __builtin_memcpy(&w, src + i, 8);
+        __builtin_memcpy(dst + i, &w, 8);
+    }
+}
+
+RSPROF_NO_LIBCALLS static void ring_copy(uint64_t pos, const void *src, uint64_t n)
 {
     uint64_t off = pos & g_mask;
     if (off + n <= g_ring) {
-        memcpy(g_data + off, src, n);
+        copy_words(g_data + off, src, n);
     } else {
         uint64_t first = g_ring - off;
-        memcpy(g_data + off, src, first);
-        memcpy(g_data, (const uint8_t *)src + first, n - first);
+        copy_words(g_data + off, src, first);
+        copy_words(g_data, (const uint8_t *)src + first, n - first);
     }
 }
 
 /* Write the body, then publish the header word with release: the commit.
  * Positions and sizes are multiples of 8, so the word never wraps. */
-static void ring_commit(uint64_t pos, const void *rec, uint32_t size)
+RSPROF_NO_LIBCALLS static void ring_commit(uint64_t pos, const void *rec, uint32_t size)
 {
     uint64_t word;
-    memcpy(&word, rec, 8);
+    __builtin_memcpy(&word, rec, 8);
     if (size > 8)
         ring_copy(pos + 8, (const uint8_t *)rec + 8, size - 8);
     STORE_REL((uint64_t *)(void *)(g_data + (pos & g_mask)), word);
@@ -222,6 +245,22 @@ static int ring_write(struct rsprof_shm_header *h, const void *rec, uint32_t siz
 {
     uint64_t pos;
     if (!ring_reserve(h, size, nowait, &pos))
+        return 0;
+    ring_commit(pos, rec, size);
+    return 1;
+}
+
+/* A signal handler's write (rsprof_sampler.c): never waits (a full ring drops
+ * the record and counts it), calls no libc function, leaves errno alone. */
+RSPROF_HIDDEN int rsprof__write_record_nowait(const void *rec, uint32_t size);
+RSPROF_NO_LIBCALLS int rsprof__write_record_nowait(const void *rec, uint32_t size)
+{
+    struct rsprof_shm_header *h = hdr();
+    uint64_t pos;
+    int got = ring_try_reserve(h, size, &pos);
+    if (got == 0)
+        ADD_RLX(&h->dropped, 1);
+    if (got <= 0)
         return 0;
     ring_commit(pos, rec, size);
     return 1;
@@ -819,6 +858,12 @@ static void open_named(const char *env)
         return;
     }
     publish(map, len, h);
+    /* `rsprof run` reads our memory map while we wait here (every library is
+     * mapped by now: constructors run after the loader's work); bounded, so a
+     * reader that died never holds the program. */
+    uint64_t deadline = now_ns(CLOCK_MONOTONIC) + RSPROF_START_GATE_MAX_NS;
+    while (LOAD_ACQ(&h->start_gate) != 0 && now_ns(CLOCK_MONOTONIC) < deadline)
+        short_sleep(50000);
 }
 
 static void hex64(char *out, uint64_t v)

@@ -39,6 +39,7 @@
 /* A writer waits at most this long without a reader heartbeat before it
  * gives up and sets RSPROF_STATE_STOPPED. */
 #define RSPROF_READER_TIMEOUT_NS 1000000000ull
+#define RSPROF_START_GATE_MAX_NS 2000000000ull /* longest wait at start_gate */
 
 /* Record types: the type is the top 4 bits of a record's first word.
  *
@@ -112,7 +113,11 @@ struct rsprof_shm_header {
                               * for (0 = off; csrc/rsprof_sampler.c, RSPROF_REC_SAMPLE) */
     uint32_t sampler_ready;  /* atomic, written by the shim: 1 when its SIGPROF handler is
                               * installed, so the reader may wake it (RSPROF_SAMPLER_WAKE) */
-    uint32_t unused0;
+    uint32_t start_gate;     /* atomic, written by the reader: 1 = the process that claims
+                              * this region waits in its start-up, at most
+                              * RSPROF_START_GATE_MAX_NS, until the reader sets 0 (`rsprof
+                              * run` reads the program's memory map there: a program that
+                              * exits within milliseconds is still symbolized) */
 };
 
 /* The reader's wake-up call to the self-sampler: sigqueue(pid, SIGPROF,
@@ -182,6 +187,7 @@ _Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserve) == 32, "res
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, tail) == 80, "tail offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, heartbeat_ns) == 88, "heartbeat");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, state) == 100, "state offset");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, start_gate) == 116, "start_gate");
 _Static_assert(sizeof(struct rsprof_rec_stack) == 16, "stack record");
 _Static_assert(sizeof(struct rsprof_rec_alloc) == 16, "alloc record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_big) == 32, "big alloc record");

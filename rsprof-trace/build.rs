@@ -28,7 +28,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let csrc = manifest.join("..").join("csrc");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for header in ["rsprof_shm.h", "rsprof_shim.h", "rsprof_shim_internal.h"] {
+    for header in ["rsprof_shm.h", "rsprof_shim.h", "rsprof_shim_internal.h", "rsprof_sys.h"] {
         println!("cargo:rerun-if-changed={}", csrc.join(header).display());
     }
     let mut sources = vec![csrc.join("rsprof_shim.c")];

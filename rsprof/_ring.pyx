@@ -645,6 +645,7 @@ cdef extern from "rsprof_reader.h":
         uint32_t session
         uint32_t reserved0
         uint32_t sampler_ready
+        uint32_t start_gate
     enum:
         RSPROF_SAMPLER_WAKE
         RSPROF_SHM_VERSION
@@ -1126,6 +1127,10 @@ cdef class ShmRing:
     def heartbeat(self) -> None:
         rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
 
+    def open_start_gate(self) -> None:
+        """Let a process waiting at the start gate (init_region's hold_at_start) go on."""
+        rsprof_store_release_u32(&self.hdr.start_gate, 0)
+
     @property
     def sampler_ready(self) -> bool:
         """The shim installed its SIGPROF handler at start (it may be woken)."""
@@ -1210,11 +1215,13 @@ cdef class ShmRing:
 
 
 def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
-                uint32_t self_sample_hz=0) -> int:
+                uint32_t self_sample_hz=0, bint hold_at_start=False) -> int:
     """Size a new region file and write its header (the layout of rsprof_shm.h).
 
     pid 0 lets the first process that maps the region claim it (`rsprof run`
-    creates the region before the target exists). Returns the region length.
+    creates the region before the target exists). hold_at_start: the process
+    that claims it waits in its start-up until open_start_gate() (at most
+    RSPROF_START_GATE_MAX_NS). Returns the region length.
     """
     import os
     if ring_size < 4096 or (ring_size & (ring_size - 1)) != 0:
@@ -1234,6 +1241,7 @@ def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
     hdr.heartbeat_ns = rsprof_monotonic_ns()
     hdr.state = state
     hdr.reserved0 = self_sample_hz
+    hdr.start_gate = 1 if hold_at_start else 0
     rsprof_store_release_u64(&hdr.magic, RSPROF_SHM_MAGIC)
     munmap(p, length)
     return length

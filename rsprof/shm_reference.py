@@ -63,7 +63,8 @@ _SIZE_BITS = _ring.ALLOC_SIZE_BITS
 _Q = {"magic": 0, "ring_size": 2, "reserve": 4, "dropped": 5, "waits": 6, "interned": 7,
       "raw_stacks": 8, "truncated": 9, "tail": 10, "heartbeat_ns": 11}
 _I = {"version": 2, "header_bytes": 3, "pid": 6, "max_frames": 7, "reader_pid": 24,
-      "state": 25, "session": 26, "reserved0": 27, "sampler_ready": 28}
+      "state": 25, "session": 26, "reserved0": 27, "sampler_ready": 28,
+      "start_gate": 29}
 HEADER_SIZE = 120
 # Largest depth accepted in SAMPLE records (frames[0] is the interrupted IP).
 _MAX_SAMPLE_FRAMES = 1024

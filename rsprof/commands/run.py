@@ -13,8 +13,8 @@ import click
 from rsprof.commands.options import parse_sampling, sampling_options
 from rsprof.commands.record import default_output
 from rsprof.errors import RsprofError, UsageError
-from rsprof.recording.heap_region import create_region, remove_stale_regions
-from rsprof.recording.process import ProcessInfo
+from rsprof.recording.heap_region import Region, create_region, remove_stale_regions
+from rsprof.recording.process import ProcessInfo, exit_status
 from rsprof.recording.recorder import Recorder, RecordOptions
 from rsprof.shim import child_env, shim_path
 from rsprof.tui.live import LiveSession, display_available
@@ -22,19 +22,17 @@ from rsprof.tui.live import LiveSession, display_available
 SHM_ENV = "RSPROF_SHM"
 
 
-def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
-                       timeout: float = 2.0) -> None:
-    """Wait until the dynamic loader has mapped the shim (and so the initial libraries),
-    so the first read of the maps sees them."""
+def _wait_until_held(region: Region, child: subprocess.Popen[bytes],
+                     timeout: float = 2.0) -> None:
+    """Wait until the shim has claimed the region: the program then waits at the start
+    gate, every library it was linked with mapped, until the recorder has read its maps
+    (so a program that exits within milliseconds is still symbolized). A program that
+    never loads the shim (statically linked) is not waited for longer than `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
-        try:
-            with open(f"/proc/{pid}/maps") as fh:
-                if library in fh.read():
-                    return
-        except OSError:
+        if region.ring.pid != 0:
             return
-        time.sleep(0.001)
+        time.sleep(0.0005)
 
 
 @click.command("run", context_settings={"ignore_unknown_options": True,
@@ -50,16 +48,18 @@ def _wait_until_loaded(pid: int, library: str, child: subprocess.Popen[bytes],
                    "stderr go to FILE.log.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
-                cpu_source: str, quiet: bool, command: tuple[str, ...]) -> None:
+                cpu_source: str, quiet: bool, command: tuple[str, ...]) -> int:
     """Run COMMAND with the heap shim preloaded and record CPU and heap until it exits.
 
     \b
       rsprof run -o heap.db -- ./target/release/your_app --its-args
     Every allocation and free is recorded exactly (LD_PRELOAD of rsprof's
     shim); CPU is sampled with perf events. The program's exit ends the
-    recording and its exit code is reported. Programs it exec()s are not
-    recorded. On a terminal the live display runs (q stops recording; the
-    program keeps running) and the program's output goes to FILE.log.
+    recording; rsprof then exits with the program's status (its exit code, or
+    128+N if signal N killed it, as `time` and `perf record` do; rsprof's own
+    errors exit 1, or 2 for usage). Programs it exec()s are not recorded. On a
+    terminal the live display runs (q stops recording; the program keeps
+    running, and rsprof exits 0) and the program's output goes to FILE.log.
     """
     duration_s, interval_s = parse_sampling(duration, interval, cpu_freq)
     program = shutil.which(command[0])
@@ -70,7 +70,8 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         raise UsageError(f"{out} already exists")
     shim = str(shim_path())
     remove_stale_regions()
-    region = create_region(self_sample_hz=cpu_freq if cpu_source == "self" else 0)
+    region = create_region(self_sample_hz=cpu_freq if cpu_source == "self" else 0,
+                           hold_at_start=True)
     env = child_env(os.environ)  # a one-file rsprof's LD_LIBRARY_PATH is not the program's
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[SHM_ENV] = region.name
@@ -85,7 +86,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
                                      stderr=log)
         except OSError as exc:
             raise RsprofError(f"cannot run {command[0]}: {exc.strerror}") from None
-        _wait_until_loaded(child.pid, shim, child)
+        _wait_until_held(region, child)
         target = ProcessInfo(child.pid, os.path.basename(program)[:15], " ".join(command),
                              program)
         options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
@@ -99,6 +100,10 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         else:
             recorder.run()
     finally:
+        region.ring.open_start_gate()  # never leave the program waiting (bounded anyway)
         if log is not None:
             log.close()
         region.unlink()
+    if child.poll() is None:
+        return 0  # recording stopped first (-d, a signal, q): the program runs on
+    return exit_status(child.returncode)

@@ -121,6 +121,8 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
         f"dropped {c['heap_dropped']}, unknown frees (allocated before recording) "
         f"{c['heap_unknown_frees']}, unknown stacks {c['heap_unknown_stacks']}, "
         f"malformed {c['heap_malformed']}\n")
+    if s.heap_not_seen:
+        out.write(f"warning: heap not seen: {s.heap_not_seen}\n")
     if not selection.everything:
         out.write(f"selection: {selection.describe()} (live: at its end)\n")
     out.write("\n")

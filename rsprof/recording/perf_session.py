@@ -54,13 +54,63 @@ def _max_sample_rate() -> int | None:
         return None
 
 
+_CAP_SYS_ADMIN = 21
+_CAP_PERFMON = 38
+
+
+def _perf_privileged() -> bool:
+    """CAP_PERFMON or CAP_SYS_ADMIN in our effective set: paranoid does not apply."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    caps = int(line.split()[1], 16)
+                    return bool(caps & (1 << _CAP_PERFMON | 1 << _CAP_SYS_ADMIN))
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def _owner_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def explain_denial(exc: OSError, pid: int, paranoid: str, privileged: bool,
+                   target_uid: int | None, our_uid: int) -> str:
+    """Why perf_event_open said EACCES/EPERM, naming only a cause that applies.
+
+    rsprof samples user space only (exclude_kernel), which kernel.perf_event_paranoid
+    allows an unprivileged user up to 2 (Debian's and Android's kernels deny it at 3
+    and above; upstream kernels treat 3 as 2); CAP_PERFMON or CAP_SYS_ADMIN bypass it.
+    Anything else that says no (a seccomp filter, a container's or an LSM's policy) is
+    invisible from here, so it is reported as what perf_event_open returned."""
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    level = int(paranoid) if paranoid.lstrip("-").isdigit() else None
+    if not privileged and level is not None and level > 2:
+        return (f"perf events not permitted for pid {pid} (kernel.perf_event_paranoid="
+                f"{level}): run as root, grant CAP_PERFMON, or lower it with "
+                "'sysctl kernel.perf_event_paranoid=2'")
+    if not privileged and target_uid is not None and target_uid != our_uid:
+        return (f"perf_event_open returned {name} for pid {pid}, which belongs to another "
+                "user: profile it as that user or as root")
+    if privileged:
+        allowed = "rsprof has CAP_PERFMON or CAP_SYS_ADMIN"
+    elif level is not None:
+        allowed = f"kernel.perf_event_paranoid={level} allows it for this user"
+    else:
+        allowed = "kernel.perf_event_paranoid could not be read"
+    return (f"perf_event_open returned {name} for pid {pid} although {allowed}: something "
+            "else denies perf events here (a seccomp filter, a container or security "
+            "policy)")
+
+
 def explain_perf_error(exc: OSError, pid: int, freq: int = 0) -> RsprofError:
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(
-            f"perf events not permitted for pid {pid} (kernel.perf_event_paranoid="
-            f"{_paranoid()}): run as root, grant CAP_PERFMON, or lower it with "
-            "'sysctl kernel.perf_event_paranoid=1'"
-        )
+        return PermissionDenied(explain_denial(exc, pid, _paranoid(), _perf_privileged(),
+                                               _owner_uid(pid), os.geteuid()))
     if exc.errno == errno.ESRCH:
         return ProcessNotFound(f"process {pid} exited before sampling could start")
     if exc.errno == errno.EINVAL:

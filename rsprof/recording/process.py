@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 from rsprof.errors import ProcessNotFound, UsageError
@@ -49,6 +50,26 @@ def process_info(pid: int) -> ProcessInfo:
     except OSError:
         executable = None  # not ours to read; perf_event_open gives the real verdict
     return ProcessInfo(pid, name, cmdline or name, executable)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def describe_exit(returncode: int) -> str:
+    """How a child ended, from its Popen returncode (-N: killed by signal N)."""
+    if returncode < 0:
+        return f"was killed by {signal_name(-returncode)}"
+    return f"exited with code {returncode}"
+
+
+def exit_status(returncode: int) -> int:
+    """The shell's status for a child's end: its exit code, or 128+N if signal N
+    killed it (what `time`, `perf record` and `heaptrack` exit with)."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def thread_ids(pid: int) -> list[int]:

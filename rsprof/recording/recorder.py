@@ -22,8 +22,15 @@ from rsprof.duration import format_duration
 from rsprof.errors import PermissionDenied, ProfileError, UsageError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.heap_region import Region
+from rsprof.recording.own_allocator import record_finding
 from rsprof.recording.perf_session import NullPerfSession, PerfSession
-from rsprof.recording.process import ProcessInfo, catches_signal, is_alive, thread_name
+from rsprof.recording.process import (
+    ProcessInfo,
+    catches_signal,
+    describe_exit,
+    is_alive,
+    thread_name,
+)
 from rsprof.report.heap import human_bytes
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
@@ -89,8 +96,14 @@ class Recorder:
         self.own_max_rss_kb = 0
         self._start_ns = 0
         self._interval_ns = 1
+        # Heap records carry no time: each drain's changes are filed under the interval
+        # of the middle of the span since the previous drain (docs/architecture.md).
+        self._heap_drained_ns = 0  # when the previous drain read the ring
+        self._heap_interval = 0  # the interval the decoder's pending changes belong to
+        self._heap_batches: list[tuple[int, list[_ring.SiteTotals]]] = []  # for _flush
         self.code_map = CodeMap(target.pid)
         self.started = threading.Event()  # set once the profile holds the recording
+        self.heap_not_seen = ""  # why the heap shim saw nothing (own_allocator.py)
 
     def _alive(self) -> bool:
         if self.child is not None:
@@ -100,6 +113,19 @@ class Recorder:
     def _drain_heap(self) -> int:
         if self.heap is None or self.heap_decoder is None:
             return 0
+        now_ns = time.monotonic_ns()
+        # The records this drain finds were committed since the previous drain read the
+        # ring: file them under the interval of that span's middle. When that interval is
+        # a new one, what the decoder holds so far belongs to the old one: set it aside
+        # (the next flush writes it, after the stacks it refers to).
+        middle = (self._heap_drained_ns + now_ns) // 2
+        interval = max(self._heap_interval, (middle - self._start_ns) // self._interval_ns)
+        if interval != self._heap_interval:
+            changed = self.heap_decoder.take_changed()
+            if changed:
+                self._heap_batches.append((self._heap_interval, changed))
+            self._heap_interval = interval
+        self._heap_drained_ns = now_ns
         return self.heap.ring.drain(self.heap_decoder)
 
     def request_stop(self, reason: str = "interrupted") -> None:
@@ -173,12 +199,15 @@ class Recorder:
             self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
             self.heap.ring.attach(os.getpid(), self_hz)
             self._wake_sampler()
-        self._start_ns = start_ns
+        self._start_ns = self._heap_drained_ns = start_ns
         self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
         if self.heap_decoder is not None and self.cpu_source == "self":
             self.heap_decoder.cpu = decoder  # SAMPLE records count as CPU samples
         _set_code_ranges(decoder, self.code_map, symbolizer)
+        if self.heap is not None:
+            # `rsprof run`: the program waited in its start-up while we read its maps.
+            self.heap.ring.open_start_gate()
         for tid in session.attached_tids:
             writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
         for warning in symbolizer.warnings:
@@ -260,6 +289,7 @@ class Recorder:
         self.own_max_rss_kb = usage.ru_maxrss
         writer.set_meta({"rsprof_cpu_s": round(self.own_cpu_s, 3),
                          "rsprof_max_rss_kb": self.own_max_rss_kb})
+        self.heap_not_seen = record_finding(writer, self.target.name)
         writer.finalize(time.time(), reason)
         c = writer.counters
         result = RecordResult(
@@ -304,8 +334,10 @@ class Recorder:
             writer.add_addresses(resolved)
         writer.add_stacks(new_stacks)
         if self.heap is not None and self.heap_decoder is not None:
-            interval = max(0, (time.monotonic_ns() - self._start_ns) // self._interval_ns)
-            writer.add_heap_sites(interval, self.heap_decoder.take_changed())
+            for interval, changed in self._heap_batches:  # oldest first
+                writer.add_heap_sites(interval, changed)
+            self._heap_batches.clear()
+            writer.add_heap_sites(self._heap_interval, self.heap_decoder.take_changed())
             for tid, name in self.heap_decoder.take_threads():
                 writer.set_thread_name(tid, name)
             self._heap_counters(writer)
@@ -363,9 +395,9 @@ class Recorder:
 
     def _summary(self, r: RecordResult) -> None:
         if r.end_reason == "exited":
-            code = f" with code {self.exit_code}" if self.exit_code is not None else ""
+            how = describe_exit(self.exit_code) if self.exit_code is not None else "exited"
             self.status.write(
-                f"rsprof: process {self.target.pid} exited{code} after {r.elapsed_s:.1f}s\n")
+                f"rsprof: process {self.target.pid} {how} after {r.elapsed_s:.1f}s\n")
         heap = ""
         if self.heap_decoder is not None:
             h = self.heap_decoder
@@ -376,4 +408,6 @@ class Recorder:
             f"from {r.threads} threads{heap} (lost {r.lost_records}, truncated "
             f"{r.truncated_stacks}, unresolved addresses {r.unresolved_addresses}); rsprof "
             f"used {self.own_cpu_s:.2f}s CPU, {self.own_max_rss_kb // 1024} MB\n")
+        if self.heap_not_seen:
+            self.status.write(f"rsprof: warning: heap not seen: {self.heap_not_seen}\n")
         self.status.flush()

@@ -26,6 +26,9 @@ class ProfileSummary:
     cpu_source: str
     end_reason: str
     counters: dict[str, int]
+    # Why the heap shim saw none of the program's allocations (its own allocator),
+    # "" when rsprof has no such doubt: rsprof/recording/own_allocator.py.
+    heap_not_seen: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -33,7 +36,7 @@ class ProfileSummary:
             "start_time": self.start_time, "end_time": self.end_time,
             "duration_s": round(self.duration_s, 3), "cpu_freq": self.cpu_freq,
             "cpu_source": self.cpu_source, "end_reason": self.end_reason,
-            **self.counters,
+            "heap_not_seen": self.heap_not_seen, **self.counters,
         }
 
 
@@ -67,6 +70,7 @@ def read_summary(conn: sqlite3.Connection) -> ProfileSummary:
         cpu_source=meta.get("cpu_source", ""),
         end_reason=meta.get("end_reason", ""),
         counters=counters,
+        heap_not_seen=meta.get("heap_not_seen", ""),
     )
 
 

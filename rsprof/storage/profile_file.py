@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from rsprof.errors import ProfileError, UsageError
-from rsprof.storage.schema import SCHEMA_VERSION
+from rsprof.storage.schema import SCHEMA_VERSION, TEMP_VIEWS
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -61,7 +61,11 @@ def check_schema(conn: sqlite3.Connection, path: Path) -> int:
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
-    """Open an existing profile read-only, after checking that it is one."""
+    """Open an existing profile read-only, after checking that it is one.
+
+    A file of an older schema version gets this version's views as TEMP views
+    (they live in the connection, never in the file, and shadow the file's own
+    views of the same names), so its queries read as docs/schema.md says."""
     check_is_sqlite(path)
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
@@ -69,5 +73,13 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as exc:
         raise ProfileError(f"cannot open {path}: {exc}") from None
-    check_schema(conn, path)
+    if check_schema(conn, path) < SCHEMA_VERSION:
+        try:
+            conn.execute("PRAGMA query_only = 0")  # TEMP views only: the file is mode=ro
+            conn.executescript(TEMP_VIEWS)
+            conn.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise ProfileError(f"{path} has an older schema whose views cannot be "
+                               f"updated: {exc}") from None
     return conn

@@ -5,7 +5,11 @@ docs/schema.md documents every table and view here; keep them in step.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+import re
+
+# 2: heap_samples, heap_timeline, cpu_samples and cpu_leaf_samples have one row per
+# charged site; the per-stack rows moved to heap_stacks, heap_stack_timeline, cpu_stacks.
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -141,6 +145,24 @@ CREATE VIEW IF NOT EXISTS heap_samples AS
 SELECT f.function AS function,
        f.file AS file,
        f.line AS line,
+       SUM(h.alloc_bytes) AS total_alloc_bytes,
+       SUM(h.free_bytes) AS total_free_bytes,
+       SUM(h.allocs) AS total_allocs,
+       SUM(h.frees) AS total_frees,
+       SUM(h.live_bytes) AS live_bytes,
+       m.path AS module,
+       COUNT(*) AS stacks,
+       h.recording_id AS recording_id
+FROM heap_sites h
+JOIN stacks s ON s.id = h.stack_id
+JOIN frames f ON f.id = s.user_frame_id
+JOIN modules m ON m.id = f.module_id
+GROUP BY h.recording_id, f.id;
+
+CREATE VIEW IF NOT EXISTS heap_stacks AS
+SELECT f.function AS function,
+       f.file AS file,
+       f.line AS line,
        h.alloc_bytes AS total_alloc_bytes,
        h.free_bytes AS total_free_bytes,
        h.allocs AS total_allocs,
@@ -156,6 +178,44 @@ JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id;
 
 CREATE VIEW IF NOT EXISTS heap_timeline AS
+WITH stack_deltas AS (
+    SELECT c.recording_id AS recording_id,
+           c.interval AS interval,
+           s.user_frame_id AS frame_id,
+           c.allocs - COALESCE(LAG(c.allocs) OVER w, 0) AS allocs,
+           c.alloc_bytes - COALESCE(LAG(c.alloc_bytes) OVER w, 0) AS alloc_bytes,
+           c.frees - COALESCE(LAG(c.frees) OVER w, 0) AS frees,
+           c.free_bytes - COALESCE(LAG(c.free_bytes) OVER w, 0) AS free_bytes,
+           c.live_bytes - COALESCE(LAG(c.live_bytes) OVER w, 0) AS live_bytes
+    FROM heap_counts c
+    JOIN stacks s ON s.id = c.stack_id
+    WINDOW w AS (PARTITION BY c.stack_id ORDER BY c.interval)
+),
+site_deltas AS (
+    SELECT recording_id, interval, frame_id,
+           SUM(allocs) AS allocs, SUM(alloc_bytes) AS alloc_bytes, SUM(frees) AS frees,
+           SUM(free_bytes) AS free_bytes, SUM(live_bytes) AS live_bytes
+    FROM stack_deltas
+    GROUP BY recording_id, frame_id, interval
+)
+SELECT {interval_time}
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       SUM(c.allocs) OVER site AS total_allocs,
+       SUM(c.alloc_bytes) OVER site AS total_alloc_bytes,
+       SUM(c.frees) OVER site AS total_frees,
+       SUM(c.free_bytes) OVER site AS total_free_bytes,
+       SUM(c.live_bytes) OVER site AS live_bytes,
+       m.path AS module,
+       c.recording_id AS recording_id
+FROM site_deltas c
+JOIN recordings r ON r.id = c.recording_id
+JOIN frames f ON f.id = c.frame_id
+JOIN modules m ON m.id = f.module_id
+WINDOW site AS (PARTITION BY c.recording_id, c.frame_id ORDER BY c.interval);
+
+CREATE VIEW IF NOT EXISTS heap_stack_timeline AS
 SELECT {interval_time}
        f.function AS function,
        f.file AS file,
@@ -165,12 +225,14 @@ SELECT {interval_time}
        c.frees AS total_frees,
        c.free_bytes AS total_free_bytes,
        c.live_bytes AS live_bytes,
+       m.path AS module,
        c.stack_id AS stack_id,
        c.recording_id AS recording_id
 FROM heap_counts c
 JOIN recordings r ON r.id = c.recording_id
 JOIN stacks s ON s.id = c.stack_id
-JOIN frames f ON f.id = s.user_frame_id;
+JOIN frames f ON f.id = s.user_frame_id
+JOIN modules m ON m.id = f.module_id;
 
 CREATE VIEW IF NOT EXISTS address_symbols AS
 SELECT a.id AS address_id,
@@ -191,8 +253,31 @@ JOIN modules m ON m.id = a.module_id;
 
 
 # cpu_samples charges by the default rule, cpu_leaf_samples by the true leaf:
-# the same view over a different stored frame.
+# the same per-site view over a different stored frame. cpu_stacks keeps one row
+# per stack (charged by the default rule). The per-site views sum the counts per
+# frame id before joining the names (twice as fast as grouping the joined rows).
 _CPU_SAMPLES_VIEW = """CREATE VIEW IF NOT EXISTS {name} AS
+SELECT {interval_time}
+       COALESCE(t.name, '') AS thread,
+       c.tid AS tid,
+       f.function AS function,
+       f.file AS file,
+       f.line AS line,
+       c.samples AS samples,
+       m.path AS module,
+       c.recording_id AS recording_id
+FROM (SELECT cc.recording_id AS recording_id, cc.interval AS interval, cc.tid AS tid,
+             s.{frame_column} AS frame_id, SUM(cc.samples) AS samples
+      FROM cpu_counts cc
+      JOIN stacks s ON s.id = cc.stack_id
+      GROUP BY cc.recording_id, cc.interval, cc.tid, s.{frame_column}) c
+JOIN recordings r ON r.id = c.recording_id
+JOIN frames f ON f.id = c.frame_id
+JOIN modules m ON m.id = f.module_id
+LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
+"""
+
+_CPU_STACKS_VIEW = """CREATE VIEW IF NOT EXISTS cpu_stacks AS
 SELECT {interval_time}
        COALESCE(t.name, '') AS thread,
        c.tid AS tid,
@@ -206,7 +291,7 @@ SELECT {interval_time}
 FROM cpu_counts c
 JOIN recordings r ON r.id = c.recording_id
 JOIN stacks s ON s.id = c.stack_id
-JOIN frames f ON f.id = s.{frame_column}
+JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id
 LEFT JOIN threads t ON t.recording_id = c.recording_id AND t.tid = c.tid;
 """
@@ -222,4 +307,11 @@ VIEWS = VIEWS_TEMPLATE.replace("{cpu_sample_views}", "\n".join(
     _CPU_SAMPLES_VIEW.replace("{interval_time}", _INTERVAL_TIME).format(
         name=name, frame_column=column) + "\n"
     for name, column in (("cpu_samples", "user_frame_id"), ("cpu_leaf_samples", "leaf_frame_id"))
-)).replace("{interval_time}", _INTERVAL_TIME)
+) + "\n" + _CPU_STACKS_VIEW + "\n").replace("{interval_time}", _INTERVAL_TIME)
+
+# Every view by name. A writer drops and recreates them all, so a file it writes
+# (or appends to) has this version's views; a reader of an older file gets this
+# version's views as TEMP views, which shadow the file's own (TEMP_VIEWS).
+VIEW_NAMES = tuple(re.findall(r"^CREATE VIEW IF NOT EXISTS (\w+) AS$", VIEWS, re.MULTILINE))
+DROP_VIEWS = "".join(f"DROP VIEW IF EXISTS {name};\n" for name in VIEW_NAMES)
+TEMP_VIEWS = VIEWS.replace("CREATE VIEW IF NOT EXISTS", "CREATE TEMP VIEW IF NOT EXISTS")

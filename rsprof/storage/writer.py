@@ -21,7 +21,7 @@ from rsprof._unwind import pack_u32
 from rsprof.attribution import charged_index, is_internal
 from rsprof.errors import ProfileError
 from rsprof.storage.profile_file import check_is_sqlite, check_schema, create_private
-from rsprof.storage.schema import SCHEMA_VERSION, TABLES, VIEWS
+from rsprof.storage.schema import DROP_VIEWS, SCHEMA_VERSION, TABLES, VIEWS
 from rsprof.symbols.model import Frame, ResolvedAddress
 
 
@@ -125,7 +125,8 @@ class ProfileWriter:
         except sqlite3.DatabaseError as exc:
             raise ProfileError(f"{path} is corrupt or not a profile: {exc}") from None
         try:
-            self.conn.executescript("BEGIN;" + TABLES + VIEWS + "COMMIT;")
+            # Views are recreated: an appended older file gets this version's views.
+            self.conn.executescript("BEGIN;" + TABLES + DROP_VIEWS + VIEWS + "COMMIT;")
         except sqlite3.DatabaseError as exc:
             raise ProfileError(f"{path} is corrupt or not a profile: {exc}") from None
         self.conn.execute("BEGIN")

@@ -215,16 +215,21 @@ def _read_section(f: BinaryIO, sec: _Section) -> bytes:
     return f.read(sec.size)
 
 
+def _section_table(f: BinaryIO, path: str) -> tuple[list[_Section], bool, bool]:
+    """The section headers of the ELF file open as `f`, whether it is 64-bit and
+    whether it is little-endian."""
+    ident = f.read(16)
+    if len(ident) < 16 or ident[:4] != b"\x7fELF":
+        raise NotElfError(path)
+    is64 = ident[4] == 2
+    little = ident[5] == 1
+    return _section_headers(f, is64, "<" if little else ">"), is64, little
+
+
 def read_section_facts(path: str) -> SectionFacts:
     """DWARF presence and function symbols (.symtab, else .dynsym), from the section table."""
     with open(path, "rb") as f:
-        ident = f.read(16)
-        if len(ident) < 16 or ident[:4] != b"\x7fELF":
-            raise NotElfError(path)
-        is64 = ident[4] == 2
-        little = ident[5] == 1
-        endian = "<" if little else ">"
-        sections = _section_headers(f, is64, endian)
+        sections, is64, little = _section_table(f, path)
         by_name: dict[str, _Section] = {}
         has_dwarf = False
         for sec in sections:
@@ -239,7 +244,7 @@ def read_section_facts(path: str) -> SectionFacts:
         note = by_name.get(".note.gnu.build-id")
         if note is not None:
             build_id = _parse_build_id_notes(
-                _read_section(f, note), endian, 8 if note.addralign == 8 else 4
+                _read_section(f, note), "<" if little else ">", 8 if note.addralign == 8 else 4
             )
         functions: list[tuple[int, int, int, bytes]] = []
         table: str | None = None
@@ -256,3 +261,49 @@ def read_section_facts(path: str) -> SectionFacts:
                 table = cand
                 break
     return SectionFacts(has_dwarf, table, functions, build_id)
+
+
+# The libc allocator functions an executable replaces when it defines them itself.
+MALLOC_FAMILY = ("malloc", "free", "calloc", "realloc")
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorSymbols:
+    """What an executable's symbol tables say about the allocator it uses."""
+
+    defines_malloc: tuple[str, ...]  # MALLOC_FAMILY functions it defines and exports (.dynsym)
+    has_symtab: bool  # a .symtab (not stripped)
+    rust_alloc_shim: bool  # .symtab names __rust_alloc: a Rust program's allocator entry
+    rust_default_alloc: bool  # ... and std's default allocator (__rdl_alloc, calls malloc)
+
+
+def read_allocator_symbols(path: str) -> AllocatorSymbols:
+    """Whether `path` defines malloc itself (jemalloc linked unprefixed, as rustc does:
+    the executable comes first in symbol lookup, before any LD_PRELOAD library), and
+    whether a Rust program keeps std's default allocator or has a #[global_allocator].
+
+    Rust mangles these names (v0: `_RNvCs..._7___rustc12___rust_alloc`), so the
+    string table is searched for the plain name inside them."""
+    with open(path, "rb") as f:
+        sections, is64, little = _section_table(f, path)
+        defines: tuple[str, ...] = ()
+        strtab = b""
+        has_symtab = False
+        for sec in sections:
+            if sec.name not in (".dynsym", ".symtab") or sec.link >= len(sections):
+                continue
+            if sec.name == ".dynsym":
+                data = _read_section(f, sec)
+                names = {n for _, _, binding, n in
+                         _function_symbols(data, _read_section(f, sections[sec.link]), is64,
+                                           little)
+                         if binding in (STB_GLOBAL, STB_WEAK)}
+                defines = tuple(n for n in MALLOC_FAMILY if n.encode() in names)
+            else:
+                has_symtab = sec.size > 0
+                strtab = _read_section(f, sections[sec.link])
+    rg = b"__rg_alloc" in strtab  # older compilers' name for a #[global_allocator]
+    return AllocatorSymbols(
+        defines_malloc=defines, has_symtab=has_symtab,
+        rust_alloc_shim=rg or b"__rust_alloc" in strtab,
+        rust_default_alloc=not rg and b"__rdl_alloc" in strtab)

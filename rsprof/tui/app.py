@@ -42,6 +42,7 @@ STYLE = Style.from_dict({
     "filter": "bold",
     "help.key": "bold",
     "dim": "fg:ansigray",
+    "warning": "bold fg:ansiyellow",
 })
 
 

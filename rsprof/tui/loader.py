@@ -263,4 +263,5 @@ class ProfileLoader:
             interval_s=self._interval_s, intervals=last + 1,
             dropped=counters.get("heap_dropped", 0), lost=counters.get("lost_records", 0),
             cpu_rows=tuple(cpu_rows), mem_rows=tuple(mem_rows), has_heap=has_heap,
-            message=summary.end_reason if state == ENDED else "", version=self._version)
+            message=summary.end_reason if state == ENDED else "",
+            heap_not_seen=summary.heap_not_seen, version=self._version)

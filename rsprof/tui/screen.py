@@ -145,8 +145,12 @@ def _table(snap: Snapshot, state: ViewState, width: int, height: int) -> list[Li
         head.append(label.rjust(w) if title not in ("Function", "Location", "Trend")
                     else fit(label, w))
     lines: list[Line] = [[("class:table.header", fit(" ".join(head), width))]]
+    noted = state.view != CPU and bool(snap.heap_not_seen)
+    if noted:  # above the rows: they are not the program's heap
+        note = _wrap("heap not seen: " + snap.heap_not_seen, width, max(1, (height - 1) // 2))
+        lines += [[("class:warning", text)] for text in note]
     rows = state.rows(snap)
-    body_h = max(0, height - 1)
+    body_h = max(0, height - len(lines))
     state.page_rows = max(1, body_h)
     index, _ = state.current(snap)
     top = state.top[state.view]
@@ -162,7 +166,7 @@ def _table(snap: Snapshot, state: ViewState, width: int, height: int) -> list[Li
         if i == index:
             style = "class:row.selected" + (".focused" if state.focus == TABLE else "")
         lines.append([(style, text)])
-    if not rows:
+    if not rows and (state.filter_text or not noted):
         empty = "no rows match the filter" if state.filter_text else (
             "no samples yet" if state.view == CPU else
             "no heap data (start the program with `rsprof run` or the rsprof-trace crate)"
@@ -171,6 +175,24 @@ def _table(snap: Snapshot, state: ViewState, width: int, height: int) -> list[Li
     while len(lines) < height:
         lines.append([("", " " * width)])
     return lines[:height]
+
+def _wrap(text: str, width: int, max_lines: int) -> list[str]:
+    """`text` in lines of exactly `width` cells, broken at spaces; at most `max_lines`
+    (the last one cut with an ellipsis)."""
+    words = text.split()
+    out: list[str] = []
+    line = ""
+    for i, word in enumerate(words):
+        if line and len(line) + 1 + len(word) > width - 2:
+            if len(out) == max_lines - 1:
+                out.append(fit("  " + " ".join([line, *words[i:]]), width))
+                return out
+            out.append(fit("  " + line, width))
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    out.append(fit("  " + line, width))
+    return out
 
 def _bucketed(values: list[float], factor: int, hold: bool) -> list[float]:
     if factor <= 1:

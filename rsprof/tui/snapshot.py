@@ -52,6 +52,7 @@ class Snapshot:
     mem_rows: tuple[MemRow, ...] = ()
     has_heap: bool = False
     message: str = ""         # e.g. why recording ended
+    heap_not_seen: str = ""   # the program's own allocator hid its heap (own_allocator.py)
     version: int = 0          # bumped by the loader for every new snapshot
 
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
@@ -23,18 +24,20 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture(scope="module")
 def profiles(targets: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CPU profile (50/30/20 on two named threads, 4 s) and a heap profile (an exact
-    leak of 100 x 4096 bytes early, then 2 s of lingering)."""
+    """A CPU profile (50/30/20 on two named threads, 4 s), a heap profile (an exact
+    leak of 100 x 4096 bytes early, then 2 s of lingering) and a profile of two leaks
+    at known times (0.3 s and 2.4 s, then an exit at 3.5 s)."""
     import sys
 
     from tests.conftest import rsprof_env
     tmp = tmp_path_factory.mktemp("export")
-    out = {"cpu": tmp / "cpu.db", "heap": tmp / "heap.db"}
+    out = {"cpu": tmp / "cpu.db", "heap": tmp / "heap.db", "timed": tmp / "timed.db"}
     commands = {
         "cpu": ["run", "-q", "--cpu-freq", "461", "-o", str(out["cpu"]), "--",
                 str(targets / "cpu_split"), "--threads", "2", "--seconds", "4"],
         "heap": ["run", "-q", "-o", str(out["heap"]), "--", str(targets / "heap_exact"),
                  "--linger", "2"],
+        "timed": ["run", "-q", "-o", str(out["timed"]), "--", str(targets / "timed_leaks")],
     }
     procs = [subprocess.Popen([sys.executable, "-m", "rsprof", *args], cwd=tmp,
                               env=rsprof_env(tmp / "cache"), stderr=subprocess.PIPE, text=True)
@@ -176,12 +179,60 @@ def test_heap_window(profiles: dict[str, Path], run_rsprof: Run) -> None:
     everything = json.loads(run_rsprof("top", "heap", str(db), "--json", "-n", "100",
                                        "--since", "0s", "--until", "1h", check=True).stdout)
     assert everything["sites"] == whole["sites"]
+    # The work (0.3 s after start, well under 0.7 s long) is all in the first interval.
+    first = json.loads(run_rsprof("top", "heap", str(db), "--json", "-n", "100", "--until",
+                                  "1s", check=True).stdout)
+    leak = [s for s in first["sites"] if s["function"] == "heap_exact::leak_known"]
+    assert leak and leak[0]["live_bytes"] == 409600 and leak[0]["allocs"] == 100
+
+    def work(doc: dict[str, Any]) -> list[tuple[str, int, int]]:
+        return sorted((s["function"], s["allocs"], s["alloc_bytes"]) for s in doc["sites"]
+                      if s["function"].startswith("heap_exact::"))
+    assert work(first) == work(whole) and len(work(whole)) >= 5
     # After the work, nothing is allocated any more, but the leak is still held.
     late = json.loads(run_rsprof("top", "heap", str(db), "--json", "-n", "100", "--since",
-                                 "1.5s", check=True).stdout)
+                                 "1s", "--until", "2s", check=True).stdout)
     leak = [s for s in late["sites"] if s["function"] == "heap_exact::leak_known"]
     assert leak and leak[0]["live_bytes"] == 409600 and leak[0]["allocs"] == 0
-    assert late["allocs"] < whole["allocs"]
+    assert late["allocs"] == 0 and late["alloc_bytes"] == 0
+
+
+def _heap_sites(run_rsprof: Run, db: Path, *window: str) -> tuple[dict[str, Any],
+                                                                  dict[str, dict[str, Any]]]:
+    doc = json.loads(run_rsprof("top", "heap", str(db), "--json", "-n", "1000", *window,
+                                check=True).stdout)
+    sites: dict[str, dict[str, Any]] = {}
+    for s in doc["sites"]:
+        assert s["function"] not in sites or not s["function"].startswith("timed_leaks::")
+        sites[s["function"]] = s
+    return doc, sites
+
+
+def test_heap_changes_are_filed_in_the_interval_they_happened(
+        profiles: dict[str, Path], run_rsprof: Run) -> None:
+    """timed_leaks: leak_early (24576 bytes) 0.3 s after start, leak_late (57344 bytes)
+    2.4 s after start. Windows on interval boundaries, no slack: a change filed an
+    interval late (by the time it was written, not when it happened) fails."""
+    db = profiles["timed"]
+    early, late = "timed_leaks::leak_early", "timed_leaks::leak_late"
+    doc, sites = _heap_sites(run_rsprof, db, "--until", "1s")
+    assert sites[early]["allocs"] == 1 and sites[early]["alloc_bytes"] == 24576
+    assert sites[early]["live_bytes"] == 24576
+    assert late not in sites
+    # Nothing of ours happens in the second interval: the early leak is only held.
+    doc, sites = _heap_sites(run_rsprof, db, "--since", "1s", "--until", "2s")
+    assert late not in sites
+    assert sites[early]["allocs"] == 0 and sites[early]["live_bytes"] == 24576
+    assert doc["allocs"] == 0
+    # The late leak alone is allocated in [2 s, 3 s).
+    doc, sites = _heap_sites(run_rsprof, db, "--since", "2s", "--until", "3s")
+    assert sites[late]["allocs"] == 1 and sites[late]["alloc_bytes"] == 57344
+    assert sites[late]["live_bytes"] == 57344
+    assert [f for f, s in sites.items() if s["allocs"]] == [late]
+    assert doc["allocs"] == 1 and doc["alloc_bytes"] == 57344
+    assert sites[early]["allocs"] == 0 and sites[early]["live_bytes"] == 24576
+    doc, sites = _heap_sites(run_rsprof, db, "--since", "3s")
+    assert doc["allocs"] == 0 and sites[late]["allocs"] == 0
 
 
 def test_bad_export_requests_are_one_clear_line(profiles: dict[str, Path], run_rsprof: Run,

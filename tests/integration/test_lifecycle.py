@@ -221,4 +221,7 @@ def test_perf_not_permitted_is_explained(targets, start_target, run_rsprof,
         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1, result.stderr
     line = one_line_error(result)
-    assert "not permitted" in line and "perf_event_paranoid" in line
+    # kernel.perf_event_paranoid (2 here) allows user-space sampling of one's own
+    # processes: the cause is the owner, and the message must not blame paranoid.
+    assert "returned EACCES" in line and "belongs to another user" in line, line
+    assert "paranoid" not in line, line

@@ -67,6 +67,7 @@ def test_auto_falls_back_to_self_sampling_when_perf_is_denied(
     result = run_rsprof(*_split_run(db), wrapper=[str(no_perf)], timeout=60)
     assert result.returncode == 0, result.stderr
     assert "sampling CPU with the shim's self-sampler instead" in result.stderr
+    assert "perf_event_open returned EACCES" in result.stderr
     assert "Traceback" not in result.stderr
     _check_split(run_rsprof, db)
 
@@ -77,7 +78,10 @@ def test_forced_perf_when_denied_is_one_clear_error(targets: Path, run_rsprof, n
     result = run_rsprof(*_split_run(db, "--cpu-source", "perf"), wrapper=[str(no_perf)],
                         timeout=60)
     assert result.returncode == 1
-    assert "perf" in one_line_error(result)
+    line = one_line_error(result)
+    # The filter, not kernel.perf_event_paranoid (2 here: it allows this), said no.
+    assert "perf_event_open returned EACCES" in line, line
+    assert "seccomp" in line and "paranoid=3" not in line, line
 
 
 def _as_nobody() -> list[str]:

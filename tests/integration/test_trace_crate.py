@@ -124,6 +124,8 @@ def test_attach_charges_leaky_site(app_profiling: Path, start_target: Callable[.
     db = tmp_path / "trace.db"
     run_rsprof("-p", str(target.pid), "-q", "-d", "2s", "-o", str(db), check=True)
     _check_profile(db, target.pid)
+    # A #[global_allocator] (the crate's wrapper) that records: no "own allocator" doubt.
+    assert dict(query(db, "SELECT key, value FROM meta"))["heap_not_seen"] == ""
     # Detached: the region is IDLE again and still there for the next reader.
     assert len(_regions_of(target.pid)) == 1
 
@@ -163,6 +165,8 @@ def test_cpu_feature_alone_is_woken_by_the_reader(
     assert rows.get("late-spin", 0) >= 150, rows  # ~2.5 s busy at 99 Hz
     assert rows.get("trace_app", 0) >= 20, rows  # main: 2 ms of every 10 ms
     assert query(db, "SELECT COUNT(*) FROM heap_sites")[0][0] == 0
+    # No heap hooks, std's allocator: no claim that it has one of its own.
+    assert dict(query(db, "SELECT key, value FROM meta"))["heap_not_seen"] == ""
     assert target.proc.poll() is None
 
 
