@@ -44,14 +44,20 @@ lint: setup
 	$(VENV)/bin/ruff check rsprof tests bench
 	$(VENV)/bin/mypy
 
-# Programs the terminal tests drive (tmux); installed with apt-get when missing and
-# root. Elsewhere those tests skip with a reason, but never in CI (CI=true).
+# Programs the tests drive, as command:Debian package: tmux (the terminal tests) and
+# go (`go tool pprof` reads the pprof exports, tests/integration/test_export_pprof.py);
+# installed with apt-get when missing and root. Elsewhere those tests skip with a
+# reason, but never in CI (CI=true).
+TOOLS := tmux:tmux go:golang-go
 tools:
-	@command -v tmux >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get install -y -qq tmux >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null 2>&1)); } || true
-	@command -v tmux >/dev/null || { echo "make: tmux is missing: the terminal tests will skip"; \
-	  [ "$${CI:-}" != true ] || { echo "make: CI needs tmux"; exit 1; }; }
+	@for tool in $(TOOLS); do cmd=$${tool%%:*}; pkg=$${tool#*:}; \
+	  command -v $$cmd >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null 2>&1)); } || true; \
+	  command -v $$cmd >/dev/null || { echo "make: $$cmd ($$pkg) is missing: the tests that use it will skip"; \
+	    [ "$${CI:-}" != true ] || { echo "make: CI needs $$cmd"; exit 1; }; }; \
+	done
 
 test: setup build lint tools
 	cd rsprof-trace && $(CARGO) test --offline --quiet

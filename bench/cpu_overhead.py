@@ -18,7 +18,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import TARGETS, build_targets, fmt_ratio, median, require, rsprof_cmd, rsprof_env
+from common import (
+    TARGETS,
+    build_targets,
+    fmt_ratio,
+    median,
+    print_reproduce,
+    require,
+    rsprof_cmd,
+    rsprof_env,
+)
 
 from rsprof.shim import shim_path
 
@@ -70,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     modes = ["none", *(m for m in args.modes.split(",") if m in MODES and m != "none")]
     require("perf")
+    print_reproduce()
     build_targets()
     freqs = [int(f) for f in args.freqs.split(",")]
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -18,7 +18,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import TARGETS, build_targets, fmt_ratio, median, require, rsprof_cmd, rsprof_env
+from common import (
+    TARGETS,
+    build_targets,
+    fmt_ratio,
+    median,
+    print_reproduce,
+    require,
+    rsprof_cmd,
+    rsprof_env,
+)
 
 from rsprof.shim import shim_path
 
@@ -75,6 +84,7 @@ def main() -> None:
                         help="split the pairs over this many threads")
     args = parser.parse_args()
     require("heaptrack")
+    print_reproduce()
     build_targets()
     results: dict[str, list[tuple[float, int, float, int]]] = {}
     with tempfile.TemporaryDirectory() as tmpdir:

@@ -17,7 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import EXAMPLE, build_targets, median, proc_cpu_seconds, require, rsprof_cmd, rsprof_env
+from common import (
+    EXAMPLE,
+    build_targets,
+    fmt_ratio,
+    median,
+    print_reproduce,
+    proc_cpu_seconds,
+    require,
+    rsprof_cmd,
+    rsprof_env,
+)
 
 WARMUP_S = 3.0
 
@@ -43,6 +53,7 @@ def main() -> None:
     parser.add_argument("--freq", type=int, default=99)
     args = parser.parse_args()
     require("perf")
+    print_reproduce()
     build_targets()
     results: dict[str, list[tuple[float, float]]] = {"perf": [], "rsprof": []}
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -65,15 +76,18 @@ def main() -> None:
                 target.wait()
     print(f"target: rsprof-example, 4 busy threads, {args.freq} Hz, {args.seconds:.0f} s runs,"
           f" {args.reps} runs each, medians")
-    print(f"{'profiler':<16}{'steady % core':>15}{'total % core':>14}")
+    print(f"{'profiler':<16}{'steady % core':>15}{'vs perf':>9}{'total % core':>14}"
+          f"{'vs perf':>9}")
+    p_steady = median([r[0] for r in results["perf"]])
+    p_total = median([r[1] for r in results["perf"]])
     for name in ("perf", "rsprof"):
         steady = median([r[0] for r in results[name]])
         total = median([r[1] for r in results[name]])
         label = "perf record" if name == "perf" else "rsprof"
-        print(f"{label:<16}{steady:>15.2f}{total:>14.2f}")
-    p = median([r[0] for r in results["perf"]])
-    r = median([r[0] for r in results["rsprof"]])
-    print(f"rsprof / perf (steady): {r / p:.2f}x" if p else "rsprof / perf: perf used no CPU")
+        print(f"{label:<16}{steady:>15.2f}{fmt_ratio(steady, p_steady):>9}{total:>14.2f}"
+              f"{fmt_ratio(total, p_total):>9}")
+    if not p_steady:
+        print("(perf used no CPU that /proc could see in the steady state: n/a)")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 Records the example for a few seconds at 999 Hz, takes every distinct
 address in its main binary, then resolves them all (function, file:line and
-inlined frames) with addr2line and with rsprof, each as a fresh process, so
-both pay their own start-up. Cold = empty rsprof cache; warm = cache filled.
+inlined frames) with addr2line and with rsprof, each as a fresh process timed
+from its start to its exit, so both pay their own start-up. Cold = an empty
+rsprof cache (the C DWARF reader); warm = after the SymCache that the cold run
+starts building in the background is on disk (the script waits for it, and
+checks that the warm run answered from it and the cold run did not).
 
     .venv/bin/python bench/symbolize.py [--reps 5] [--binary PATH]
 """
@@ -18,7 +21,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import EXAMPLE, build_targets, fmt_ratio, median, require, rsprof_cmd, rsprof_env
+from common import (
+    EXAMPLE,
+    ROOT,
+    build_targets,
+    fmt_ratio,
+    median,
+    print_reproduce,
+    require,
+    rsprof_cmd,
+    rsprof_env,
+)
 
 RESOLVE = """
 import sys, time
@@ -28,7 +41,8 @@ from rsprof.symbols.resolver import resolve_file_addresses
 addrs = [int(a, 16) for a in open(sys.argv[2]).read().split()]
 out = resolve_file_addresses(sys.argv[1], addrs, Path(sys.argv[3]))
 frames = sum(len(v) for v in out.values())
-print(f"{time.perf_counter() - t0:.4f} {frames}")
+warm = "rsprof.symbols.dwarf" in sys.modules  # only the SymCache path imports it
+print(f"{time.perf_counter() - t0:.4f} {frames} {'warm' if warm else 'cold'}")
 """
 
 
@@ -50,6 +64,24 @@ def record_addresses(tmp: Path, binary: Path) -> list[int]:
     return sorted(r[0] for r in rows)
 
 
+def wait_for_symcache(cache: Path, timeout: float = 120.0) -> None:
+    """Until the background SymCache build the cold run started has written its file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(cache.glob("*.symcache")) and not list(cache.glob("*.building")):
+            return
+        time.sleep(0.05)
+    sys.exit(f"bench: no SymCache in {cache} after {timeout:.0f} s")
+
+
+def resolved(out: str, expect: str) -> tuple[float, int]:
+    """(in-process seconds, frames) of a RESOLVE run that must have been `expect`."""
+    seconds, frames, how = out.split()
+    if how != expect:
+        sys.exit(f"bench: a {expect} run was {how}")
+    return float(seconds), int(frames)
+
+
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
@@ -62,6 +94,7 @@ def main() -> None:
     parser.add_argument("--binary", type=Path, default=EXAMPLE)
     args = parser.parse_args()
     require("addr2line")
+    print_reproduce()
     build_targets()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -81,15 +114,23 @@ def main() -> None:
             cmd = [sys.executable, "-c", RESOLVE, str(args.binary), str(addr_file), str(cache)]
             t, out = timed(cmd, rsprof_env())
             cold.append(t)
-            cold_inproc.append(float(out.split()[0]))
-            frames = int(out.split()[1])
+            t_in, frames = resolved(out, "cold")
+            cold_inproc.append(t_in)
+            wait_for_symcache(cache)
             t, out = timed(cmd, rsprof_env())
             warm.append(t)
-            warm_inproc.append(float(out.split()[0]))
+            t_in, warm_frames = resolved(out, "warm")
+            warm_inproc.append(t_in)
+            if warm_frames != frames:
+                sys.exit(f"bench: warm run gave {warm_frames} frames, cold {frames}")
     size_mb = args.binary.stat().st_size / 1e6
     print(f"binary: {args.binary.name} ({size_mb:.1f} MB), {len(addrs)} distinct addresses,"
           f" {args.reps} runs each, medians")
     print(f"frames: addr2line {a2l_lines}, rsprof {frames} (inlined frames included)")
+    binary = args.binary.relative_to(ROOT) if args.binary.is_relative_to(ROOT) else args.binary
+    print(f"timed: addr2line -f -i -C -e {binary} 0x... ({len(addrs)} addresses), and"
+          " python -c 'resolve_file_addresses(BINARY, ADDRESSES, CACHE)' (bench/symbolize.py"
+          " RESOLVE); cold: CACHE empty, warm: CACHE holding the SymCache")
     base = median(a2l)
     print(f"{'resolver':<34}{'median s':>10}{'vs addr2line':>15}")
     print(f"{'addr2line -f -i -C (process)':<34}{base:>10.3f}{'1.000x':>15}")

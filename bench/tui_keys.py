@@ -15,6 +15,7 @@ import argparse
 import threading
 import time
 
+from common import print_reproduce
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
@@ -75,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
+    print_reproduce()
     small: list[float] = []
     big: list[float] = []
     for _ in range(args.reps):

@@ -18,12 +18,14 @@
 #include <unistd.h>
 
 /* What every CPU sample carries, in this order (perf orders fields by bit):
- * ip, pid/tid, time, callchain, user registers (bp, sp), a copy of the top of
- * the user stack. The registers and stack let the reader recover the caller
- * of a leaf in code without frame pointers (libc), see _ring.pyx. */
+ * ip, pid/tid, time, period, callchain, user registers (bp, sp), a copy of
+ * the top of the user stack. The period of a cpu-clock sample is the
+ * nanoseconds of CPU it stands for. The registers and stack let the reader
+ * recover the caller of a leaf in code without frame pointers (libc), see
+ * _ring.pyx. */
 #define RSPROF_SAMPLE_TYPE                                                   \
-    (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_CALLCHAIN | \
-     PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER)
+    (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_PERIOD | \
+     PERF_SAMPLE_CALLCHAIN | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER)
 
 #if defined(__x86_64__)
 #include <asm/perf_regs.h>

@@ -37,7 +37,10 @@
  * proof as the heap walk, but with a proof of its own (pages proven readable
  * with process_vm_readv from the interrupted stack pointer upwards, kept in
  * locals: the per-thread cache of the heap walk may be half-updated by the
- * hook it interrupted). It writes one RSPROF_REC_SAMPLE with
+ * hook it interrupted). The sample's period_ns is the timer's interval times
+ * (1 + si_overrun): the kernel checks CPU-time timers at its tick, so above
+ * the tick rate one signal stands for several intervals. It writes one
+ * RSPROF_REC_SAMPLE with
  * RSPROF_SHIM_NOWAIT: a full ring drops the sample and counts it in
  * `dropped`, it never waits, so interrupting a hook (even one that holds a
  * reserved, uncommitted ring slot or waits for space) cannot deadlock.
@@ -268,9 +271,9 @@ RSPROF_NO_LIBCALLS static void on_sigprof(int sig, siginfo_t *si, void *ucv)
     fp = (uintptr_t)uc->uc_mcontext.regs[29];
     sp = (uintptr_t)uc->uc_mcontext.sp;
 #endif
-    uint64_t buf[3 + RSPROF_MAX_FRAMES];
+    uint64_t buf[4 + RSPROF_MAX_FRAMES];
     struct rsprof_rec_sample *rec = (struct rsprof_rec_sample *)(void *)buf;
-    uint64_t *frames = buf + 3;
+    uint64_t *frames = buf + 4;
     uint32_t max = h->max_frames < RSPROF_MAX_FRAMES ? h->max_frames : RSPROF_MAX_FRAMES;
     uint32_t depth = 0;
     if (max > 0) {
@@ -282,6 +285,12 @@ RSPROF_NO_LIBCALLS static void on_sigprof(int sig, siginfo_t *si, void *ucv)
     rec->tid = gettid_raw();
     rec->depth = depth;
     rec->time_ns = rsprof_sys_monotonic_ns();
+    /* The thread CPU time this signal stands for: a CPU-time timer expires at
+     * most at the kernel tick, and the intervals it missed by then are its
+     * overruns (a 1 ms timer under a 250 Hz tick: one signal per 4 ms, 3 overruns). */
+    int overrun = si->si_overrun;
+    rec->period_ns = (uint64_t)LOAD_RLX(&s->interval_us) * 1000u *
+                     (1u + (uint64_t)(overrun > 0 ? overrun : 0));
     rsprof__write_record_nowait(buf, size);
 }
 

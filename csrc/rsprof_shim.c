@@ -12,9 +12,10 @@
  *     the ring is reserved with a CAS; errno is preserved;
  *   - a per-thread recursion guard (initial-exec TLS) is set around anything
  *     that may call back into libc's allocator (pthread_getattr_np, init);
- *   - the ring is only waited on outside signal handlers, and only while the
- *     reader's heartbeat is fresh; after RSPROF_READER_TIMEOUT_NS without one
- *     the shim sets STOPPED and drops (counted in `dropped`).
+ *   - the ring is only waited on outside signal handlers, and for as long as
+ *     the reader's process lives (a slow or stopped reader is waited for:
+ *     recording is exact); only a reader that is gone makes the shim set
+ *     STOPPED and drop (counted in `dropped`). See "Reader liveness".
  *
  * Processes started by the target: a fork()ed child stops recording at once
  * (pthread_atfork child handler: the shared mapping is replaced by private
@@ -35,6 +36,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -172,12 +174,141 @@ RSPROF_NO_LIBCALLS static int ring_try_reserve(struct rsprof_shm_header *h, uint
     }
 }
 
-/* Reserve `size` bytes. Waits (short sleeps) for ring space while the reader's
- * heartbeat is fresh, unless `nowait`. Returns 0 and counts a drop when the
- * record cannot be written. */
+/* ------------------------------------------------------------------------ */
+/* Reader liveness                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* A writer that finds the ring full waits for as long as the reader lives: a
+ * reader that is only slow (a long commit, descheduled, SIGSTOPped) is waited
+ * for, because recording is exact. Only a reader that is gone releases the
+ * program. "Gone" is decided by the reader's process, never by its heartbeat
+ * (a busy reader can miss any deadline): the heartbeat only says when to start
+ * asking (RSPROF_READER_TIMEOUT_NS without one), and a waiting writer then
+ * asks at most every LIVENESS_CHECK_NS:
+ *   - the reader is our parent (`rsprof run`): alive while getppid() names
+ *     it. When it dies we are reparented, so a recycled pid never passes for
+ *     it; a reader that was our parent and no longer is, is gone;
+ *   - otherwise a pidfd of the reader, opened while it was known alive (at a
+ *     wait of its session with the heartbeat fresh), polls readable once it
+ *     has exited;
+ *   - without one (kernel < 5.3, another thread holds it, or the fd is no
+ *     longer ours), kill(pid, 0) failing with ESRCH. Without a reader pid
+ *     (a region made by an older reader) the stale heartbeat alone decides.
+ * The watch below belongs to one thread at a time (g_watch_owner, taken with a
+ * CAS and never waited for: another thread, or a signal handler nested in the
+ * owner, checks without it). No malloc, no lock; errno is preserved; the
+ * syscalls are raw or not cancellation points. */
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* the same on every architecture */
+#endif
+#define LIVENESS_CHECK_NS 100000000ull
+
+static uint32_t g_watch_owner;  /* tid using the watch, 0 = free (atomic) */
+static uint64_t g_watch_key;    /* WATCH_KEY(session, reader pid) watched, 0 = none (atomic) */
+static int g_watch_parent;      /* that reader was our parent */
+static int g_watch_fd = -1;     /* its pidfd, or -1 */
+static uint64_t g_watch_dev;    /* fstat of the pidfd, to tell it is still ours */
+static uint64_t g_watch_ino;
+
+#define WATCH_KEY(sess, pid) ((1ull << 63) | ((uint64_t)(pid) << 32) | (uint64_t)(sess))
+
+static int watch_take(void)
+{
+    uint32_t free_ = 0;
+    return __atomic_compare_exchange_n(&g_watch_owner, &free_, my_tid(), 0, __ATOMIC_ACQUIRE,
+                                       __ATOMIC_RELAXED);
+}
+
+static void watch_release(void)
+{
+    STORE_REL(&g_watch_owner, 0);
+}
+
+static void watch_close(void)
+{
+    if (g_watch_fd >= 0)
+        syscall(SYS_close, g_watch_fd);
+    g_watch_fd = -1;
+}
+
+/* Called at a wait while the heartbeat is fresh (the reader is known alive):
+ * remember how to tell later that this session's reader is gone. */
+static void reader_watch(struct rsprof_shm_header *h)
+{
+    uint32_t sess = LOAD_ACQ(&h->session);
+    uint32_t pid = LOAD_ACQ(&h->reader_pid);
+    uint64_t key = WATCH_KEY(sess, pid);
+    if (pid == 0 || LOAD_ACQ(&g_watch_key) == key || !watch_take())
+        return;
+    int saved = errno;
+    if (LOAD_RLX(&g_watch_key) != key) {
+        watch_close();
+        g_watch_parent = (uint32_t)getppid() == pid;
+        if (!g_watch_parent) {
+            long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
+            struct stat st;
+            if (fd >= 0 && fstat((int)fd, &st) == 0) {
+                g_watch_fd = (int)fd;
+                g_watch_dev = (uint64_t)st.st_dev;
+                g_watch_ino = (uint64_t)st.st_ino;
+            } else if (fd >= 0) {
+                syscall(SYS_close, fd);
+            }
+        }
+        STORE_REL(&g_watch_key, key);
+    }
+    watch_release();
+    errno = saved;
+}
+
+/* Whether the watched pidfd says its process exited: 1 exited, 0 alive, -1
+ * cannot tell (the fd is not ours any more). Watch owner only. */
+static int watch_exited(void)
+{
+    struct stat st;
+    if (g_watch_fd < 0 || fstat(g_watch_fd, &st) != 0 || (uint64_t)st.st_dev != g_watch_dev ||
+        (uint64_t)st.st_ino != g_watch_ino) {
+        g_watch_fd = -1; /* closed or replaced behind our back: never close it */
+        return -1;
+    }
+    struct pollfd p = {.fd = g_watch_fd, .events = POLLIN, .revents = 0};
+    struct timespec zero = {0, 0};
+    long n = syscall(SYS_ppoll, &p, 1, &zero, NULL, 0);
+    if (n < 0 || (p.revents & POLLNVAL))
+        return -1;
+    return n > 0 && (p.revents & (POLLIN | POLLHUP)) != 0;
+}
+
+/* Is the reader of the current session gone (its process dead)? */
+static int reader_gone(struct rsprof_shm_header *h)
+{
+    uint32_t sess = LOAD_ACQ(&h->session);
+    uint32_t pid = LOAD_ACQ(&h->reader_pid);
+    if (pid == 0)
+        return 1; /* no reader named: the stale heartbeat is all there is */
+    int saved = errno;
+    int gone = -1;
+    if ((uint32_t)getppid() == pid) {
+        gone = 0;
+    } else if (watch_take()) {
+        if (LOAD_RLX(&g_watch_key) == WATCH_KEY(sess, pid))
+            gone = g_watch_parent ? 1 : watch_exited();
+        watch_release();
+    }
+    if (gone < 0)
+        gone = kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+    errno = saved;
+    return gone;
+}
+
+/* Reserve `size` bytes. Unless `nowait`, waits (short sleeps) for ring space
+ * for as long as the reader lives (above). Returns 0 and counts a drop when
+ * the record cannot be written. */
 static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, uint64_t *pos)
 {
     int waited = 0;
+    uint64_t next_check = 0;
     for (;;) {
         int got = ring_try_reserve(h, size, pos);
         if (got != 0)
@@ -188,16 +319,22 @@ static int ring_reserve(struct rsprof_shm_header *h, uint32_t size, int nowait, 
         }
         uint64_t now = now_ns(CLOCK_MONOTONIC);
         uint64_t beat = LOAD_ACQ(&h->heartbeat_ns);
-        if (now > beat && now - beat > RSPROF_READER_TIMEOUT_NS) {
-            uint32_t want = RSPROF_STATE_RECORDING;
-            __atomic_compare_exchange_n(&h->state, &want, RSPROF_STATE_STOPPED, 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-            ADD_RLX(&h->dropped, 1);
-            return 0;
-        }
+        int stale = now > beat && now - beat > RSPROF_READER_TIMEOUT_NS;
         if (!waited) {
             waited = 1;
             ADD_RLX(&h->waits, 1);
+            if (!stale)
+                reader_watch(h);
+        }
+        if (stale && now >= next_check) {
+            next_check = now + LIVENESS_CHECK_NS;
+            if (reader_gone(h)) {
+                uint32_t want = RSPROF_STATE_RECORDING;
+                __atomic_compare_exchange_n(&h->state, &want, RSPROF_STATE_STOPPED, 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+                ADD_RLX(&h->dropped, 1);
+                return 0;
+            }
         }
         {
             int saved = errno; /* the hot paths do not save errno: slow paths do */
@@ -372,31 +509,40 @@ walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *trunca
 /* Stack interning (private memory, insert-only, lock-free)                  */
 /* ------------------------------------------------------------------------ */
 
-struct slot {
-    uint64_t hash;      /* 0: empty; set by the CAS that claims the slot */
+/* A stack: its frames live in the arena; `id` (its index + 1) is the stack
+ * id the records carry. Entries are handed out densely, in order, so the
+ * memory touched grows with the number of distinct stacks. */
+struct entry {
+    uint64_t hash;      /* written before the entry is published in the index */
     uint64_t announced; /* SESSION_TAG of the session whose STACK record was written */
     uint32_t ready;     /* 1: depth/off valid (the claimer wrote its STACK record first) */
     uint32_t busy;      /* 1: a thread is re-announcing this stack */
-    uint32_t depth;     /* DEAD_SLOT: claimed but no arena space */
+    uint32_t depth;     /* DEAD_ENTRY: never usable (no arena space, or a lost race) */
     uint32_t off;       /* first frame in the arena */
 };
 
-#define DEAD_SLOT 0xffffffffu
-#define TABLE_BITS 16
-#define TABLE_SLOTS (1u << TABLE_BITS)
-#define ARENA_FRAMES (1u << 21) /* 16 MiB of frames */
+#define DEAD_ENTRY 0xffffffffu
+/* Index of 2 Mi slots (8 MiB reserved; an open-addressing table of entry
+ * ids), up to 1.5 Mi stacks (48 MiB reserved) and 32 Mi frames (256 MiB
+ * reserved). All of it MAP_NORESERVE: only what is used is ever touched
+ * (the index's pages are touched as ids spread over it: 8 MiB at most). */
+#define INDEX_BITS 21
+#define INDEX_SLOTS (1u << INDEX_BITS)
+#define MAX_ENTRIES ((INDEX_SLOTS / 4) * 3)
+#define ARENA_FRAMES (1u << 25)
 #define MAX_PROBES 512
 
 struct table {
-    struct slot slots[TABLE_SLOTS];
-    uint64_t arena_used; /* frames handed out */
-    uint32_t count;      /* slots claimed */
+    uint32_t index[INDEX_SLOTS]; /* 0: empty, else entry id (index + 1) */
+    uint64_t arena_used;         /* frames handed out */
+    uint32_t count;              /* entries handed out */
     uint32_t max_count;
+    struct entry entries[MAX_ENTRIES];
     uint64_t arena[ARENA_FRAMES];
 };
 
 static struct table *g_table;
-static uint32_t g_table_limit = (TABLE_SLOTS / 4) * 3; /* RSPROF_SHIM_MAX_STACKS lowers it */
+static uint32_t g_table_limit = MAX_ENTRIES; /* RSPROF_SHIM_MAX_STACKS lowers it */
 
 static struct table *table_get(void)
 {
@@ -434,6 +580,31 @@ static int arena_take(struct table *t, uint32_t depth, uint32_t *off)
     }
 }
 
+/* A fresh entry for a stack not in the table yet (not published: the caller
+ * CASes its id into the index); 0 when the table or the arena is full. */
+static uint32_t entry_take(struct table *t, uint64_t hv, const uint64_t *frames, uint32_t depth)
+{
+    uint32_t n = LOAD_RLX(&t->count);
+    for (;;) {
+        if (n >= t->max_count || LOAD_RLX(&t->arena_used) + depth > ARENA_FRAMES)
+            return 0;
+        if (__atomic_compare_exchange_n(&t->count, &n, n + 1, 1, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            break;
+    }
+    struct entry *e = &t->entries[n];
+    uint32_t off;
+    if (!arena_take(t, depth, &off)) {
+        e->depth = DEAD_ENTRY;
+        return 0;
+    }
+    memcpy(t->arena + off, frames, 8u * depth);
+    e->off = off;
+    e->depth = depth;
+    e->hash = hv;
+    return n + 1;
+}
+
 static uint64_t hash_frames(const uint64_t *f, uint32_t depth)
 {
     uint64_t h = 0x9e3779b97f4a7c15ull ^ depth;
@@ -461,26 +632,26 @@ static int emit_stack(struct rsprof_shm_header *h, uint32_t id, const uint64_t *
     return ring_write(h, buf, size, 0);
 }
 
-/* Make sure the STACK record of slot `s` was written in the current session
+/* Make sure the STACK record of entry `e` was written in the current session
  * before anyone writes an ALLOC naming it (one thread writes, others wait). */
-static int announce(struct rsprof_shm_header *h, struct table *t, struct slot *s, uint32_t id,
+static int announce(struct rsprof_shm_header *h, struct table *t, struct entry *e, uint32_t id,
                     uint32_t sess)
 {
     unsigned spins = 0;
     for (;;) {
-        if (LOAD_ACQ(&s->announced) == SESSION_TAG(sess))
+        if (LOAD_ACQ(&e->announced) == SESSION_TAG(sess))
             return 1;
         uint32_t idle = 0;
-        if (__atomic_compare_exchange_n(&s->busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
+        if (__atomic_compare_exchange_n(&e->busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
                                         __ATOMIC_RELAXED)) {
             int ok = 1;
             uint32_t cur = LOAD_ACQ(&h->session);
-            if (LOAD_ACQ(&s->announced) != SESSION_TAG(cur)) {
-                ok = emit_stack(h, id, t->arena + s->off, s->depth);
+            if (LOAD_ACQ(&e->announced) != SESSION_TAG(cur)) {
+                ok = emit_stack(h, id, t->arena + e->off, e->depth);
                 if (ok)
-                    STORE_REL(&s->announced, SESSION_TAG(cur));
+                    STORE_REL(&e->announced, SESSION_TAG(cur));
             }
-            STORE_REL(&s->busy, 0);
+            STORE_REL(&e->busy, 0);
             return ok;
         }
         spin_wait(&spins);
@@ -489,6 +660,11 @@ static int announce(struct rsprof_shm_header *h, struct table *t, struct slot *s
 
 enum { INTERN_OK, INTERN_FULL, INTERN_DROPPED };
 
+/* The stack id of `frames` (announced in the current session), interning it
+ * if new. Lock-free: an entry is filled before its id is CASed into an empty
+ * index slot, and marked ready after its STACK record is written; a thread
+ * that finds the same hash waits for ready and compares the whole stack, so
+ * two different stacks never share an id. */
 static int intern(struct rsprof_shm_header *h, const uint64_t *frames, uint32_t depth,
                   uint32_t sess, uint32_t *id)
 {
@@ -496,47 +672,45 @@ static int intern(struct rsprof_shm_header *h, const uint64_t *frames, uint32_t 
     if (t == NULL)
         return INTERN_FULL;
     uint64_t hv = hash_frames(frames, depth);
-    uint32_t idx = (uint32_t)hv & (TABLE_SLOTS - 1);
-    for (unsigned probe = 0; probe < MAX_PROBES; probe++, idx = (idx + 1) & (TABLE_SLOTS - 1)) {
-        struct slot *s = &t->slots[idx];
-        uint64_t sh = LOAD_ACQ(&s->hash);
-        if (sh == 0) {
-            if (LOAD_RLX(&t->count) >= t->max_count ||
-                LOAD_RLX(&t->arena_used) + depth > ARENA_FRAMES)
-                return INTERN_FULL;
-            if (__atomic_compare_exchange_n(&s->hash, &sh, hv, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
-                /* Ours: fill it, write its STACK record, then mark it ready. */
-                ADD_RLX(&t->count, 1);
-                uint32_t off;
-                if (!arena_take(t, depth, &off)) {
-                    s->depth = DEAD_SLOT;
-                    STORE_REL(&s->ready, 1);
+    uint32_t mine = 0; /* an entry taken for this stack, not yet published */
+    uint32_t idx = (uint32_t)hv & (INDEX_SLOTS - 1);
+    for (unsigned probe = 0; probe < MAX_PROBES; probe++, idx = (idx + 1) & (INDEX_SLOTS - 1)) {
+        uint32_t cur = LOAD_ACQ(&t->index[idx]);
+        if (cur == 0) {
+            if (mine == 0) {
+                mine = entry_take(t, hv, frames, depth);
+                if (mine == 0)
                     return INTERN_FULL;
-                }
-                memcpy(t->arena + off, frames, 8u * depth);
-                s->off = off;
-                s->depth = depth;
+            }
+            if (__atomic_compare_exchange_n(&t->index[idx], &cur, mine, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE)) {
+                /* Published: write its STACK record, then mark it ready. */
+                struct entry *e = &t->entries[mine - 1];
                 ADD_RLX(&h->interned, 1);
-                *id = idx + 1;
-                int ok = emit_stack(h, *id, frames, depth);
+                *id = mine;
+                int ok = emit_stack(h, mine, frames, depth);
                 if (ok)
-                    STORE_REL(&s->announced, SESSION_TAG(sess));
-                STORE_REL(&s->ready, 1);
+                    STORE_REL(&e->announced, SESSION_TAG(sess));
+                STORE_REL(&e->ready, 1);
                 return ok ? INTERN_OK : INTERN_DROPPED;
             }
-            /* Lost the race: sh now holds the winner's hash. */
+            /* Lost the race for this slot: cur now holds the winner's id. */
         }
-        if (sh != hv)
+        struct entry *e = &t->entries[cur - 1];
+        if (LOAD_ACQ(&e->hash) != hv)
             continue;
         unsigned spins = 0;
-        while (!LOAD_ACQ(&s->ready))
+        while (!LOAD_ACQ(&e->ready))
             spin_wait(&spins);
-        if (s->depth != depth || memcmp(t->arena + s->off, frames, 8u * depth) != 0)
+        if (e->depth != depth || memcmp(t->arena + e->off, frames, 8u * depth) != 0)
             continue;
-        *id = idx + 1;
-        return announce(h, t, s, *id, sess) ? INTERN_OK : INTERN_DROPPED;
+        if (mine != 0) /* taken for nothing: another thread interned the same stack */
+            t->entries[mine - 1].depth = DEAD_ENTRY;
+        *id = cur;
+        return announce(h, t, e, cur, sess) ? INTERN_OK : INTERN_DROPPED;
     }
+    if (mine != 0)
+        t->entries[mine - 1].depth = DEAD_ENTRY;
     return INTERN_FULL;
 }
 
@@ -1002,6 +1176,9 @@ static void atfork_child(void)
              -1, 0);
     g_created = 0;
     t_tid = 0;
+    watch_close(); /* the parent's reader watch means nothing here */
+    g_watch_key = 0;
+    g_watch_owner = 0;
 }
 
 int rsprof_shim_init(void)

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define RSPROF_SHM_MAGIC 0x314d4853464f5250ULL /* "PROFSHM1" little-endian */
-#define RSPROF_SHM_VERSION 2u
+#define RSPROF_SHM_VERSION 3u /* 3: SAMPLE records carry period_ns */
 #define RSPROF_SHM_HEADER_BYTES 4096u
 #define RSPROF_SHM_NAME_PREFIX "rsprof-" /* /dev/shm/rsprof-<pid>-<16 hex> */
 #define RSPROF_SHM_ENV "RSPROF_SHM"      /* set by `rsprof run`: the region to use */
@@ -164,12 +164,17 @@ struct rsprof_rec_alloc_raw {
     /* uint64_t frames[depth] follow */
 };
 
-/* RSPROF_REC_SAMPLE: a CPU sample (frames[0] is the interrupted IP) */
+/* RSPROF_REC_SAMPLE: a CPU sample (frames[0] is the interrupted IP).
+ * period_ns: the thread CPU time the sample stands for, the timer's interval
+ * times (1 + its overruns): a CPU-time timer fires at most at the kernel tick,
+ * so at a requested rate above the tick each signal stands for several
+ * intervals (siginfo's si_overrun counts the ones it missed). */
 struct rsprof_rec_sample {
     uint64_t header;
     uint32_t tid;
     uint32_t depth;
     uint64_t time_ns;
+    uint64_t period_ns;
     /* uint64_t frames[depth] follow */
 };
 
@@ -193,7 +198,8 @@ _Static_assert(sizeof(struct rsprof_rec_alloc) == 16, "alloc record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_big) == 32, "big alloc record");
 _Static_assert(sizeof(struct rsprof_rec_free) == 8, "free record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_raw) == 32, "raw alloc record");
-_Static_assert(sizeof(struct rsprof_rec_sample) == 24, "sample record");
+_Static_assert(sizeof(struct rsprof_rec_sample) == 32, "sample record");
+_Static_assert(__builtin_offsetof(struct rsprof_rec_sample, period_ns) == 24, "sample period");
 _Static_assert(sizeof(struct rsprof_rec_thread) == 32, "thread record");
 _Static_assert((RSPROF_SHM_DEFAULT_RING & (RSPROF_SHM_DEFAULT_RING - 1)) == 0, "ring pow2");
 

@@ -18,6 +18,9 @@ MAX_RETURN_ADDRESS: int
 NREGS: int
 STACK_BYTES: int
 MAX_SCANNED_FRAMES: int
+THUNK_DEPTH: int
+TAIL_SEARCH_MAX: int
+REACH_WORK: int
 
 def open_cpu_clock(tid: int, cpu: int, freq: int, inherit: bool, watermark_bytes: int) -> int: ...
 def set_output(fd: int, target_fd: int) -> None: ...
@@ -44,7 +47,9 @@ class PerfDecoder:
     def decode_bytes(self, data: bytes, tail: int, head: int) -> int: ...
     def set_code_ranges(
         self, ranges: Iterable[tuple[int, int, bool, bytes | memoryview | None]]) -> None: ...
-    def take_counts(self) -> list[tuple[int, int, int, int]]: ...
+    def set_code_facts(self, functions: Iterable[tuple[int, int]],
+                       slots: Iterable[tuple[int, int]]) -> None: ...
+    def take_counts(self) -> list[tuple[int, int, int, int, int]]: ...
     def take_events(self) -> list[Event]: ...
 
 class PerfRing:
@@ -58,6 +63,7 @@ SHM_MAGIC: int
 SHM_VERSION: int
 SHM_HEADER_BYTES: int
 SHM_MAX_FRAMES: int
+SHM_MAX_SAMPLE_PERIOD: int
 STATE_IDLE: int
 STATE_RECORDING: int
 STATE_STOPPED: int

@@ -11,7 +11,7 @@ Stack convention: the first address is the sampled IP, every further one is
 a return address minus 1, so each is a lookup address as is.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -66,8 +66,26 @@ MAX_STACK = RSPROF_MAX_STACK
 NREGS = RSPROF_NREGS
 STACK_BYTES = RSPROF_STACK_BYTES
 # At most this many return addresses are taken from a scanned stack.
-DEF SCAN_MAX_FRAMES = 8
+DEF SCAN_MAX_FRAMES = 32
 MAX_SCANNED_FRAMES = SCAN_MAX_FRAMES
+# Checking a return address against the frame below it (docs/attribution.md):
+# does the call before it reach that function? Yes, no, or unknown (an
+# indirect call through a register or an unknown slot); -1: not after a call.
+DEF REACH_NOT_CALL = -1
+DEF REACH_NO = 0
+DEF REACH_YES = 1
+DEF REACH_UNKNOWN = 2
+# Jumps followed from a call's target to the function it reaches (PLT stubs,
+# GOT jumps, thunks, tail jumps of small functions), and the largest function
+# searched for tail jumps.
+DEF REACH_DEPTH = 3
+DEF TAIL_SEARCH_BYTES = 256
+# At most this many functions are looked into for one call: the code bytes are
+# the target's, so the work stays bounded whatever they hold.
+DEF REACH_BUDGET = 16
+THUNK_DEPTH = REACH_DEPTH
+TAIL_SEARCH_MAX = TAIL_SEARCH_BYTES
+REACH_WORK = REACH_BUDGET
 
 # Return addresses outside [MIN_CODE_ADDRESS, MAX_USER_ADDRESS] cannot be real:
 # the null page holds no code and user space ends below 2^56 (5-level paging).
@@ -116,6 +134,7 @@ cdef struct CountSlot:
     uint64_t key      # tid << 32 | stack id
     uint64_t interval # interval index + 1; 0 marks an empty slot
     uint64_t count
+    uint64_t ns       # nanoseconds of CPU the samples stand for (their periods summed)
 
 
 cdef class PerfDecoder:
@@ -146,6 +165,13 @@ cdef class PerfDecoder:
     cdef uint64_t* code_lens
     cdef list code_views
     cdef Py_ssize_t n_code
+    cdef uint64_t* func_starts
+    cdef uint64_t* func_ends
+    cdef Py_ssize_t n_funcs
+    cdef uint64_t* slot_addrs
+    cdef uint64_t* slot_targets
+    cdef Py_ssize_t n_slots
+    cdef int reach_budget
     cdef public list events
 
     def __cinit__(self, StackTable stacks, uint32_t target_pid, int64_t start_ns,
@@ -173,6 +199,10 @@ cdef class PerfDecoder:
         free(self.code_system)
         free(self.code_bytes)
         free(self.code_lens)
+        free(self.func_starts)
+        free(self.func_ends)
+        free(self.slot_addrs)
+        free(self.slot_targets)
 
     cdef int _grow(self) except -1:
         cdef uint64_t old_cap = self.capacity, i, j, new_cap = self.capacity * 2
@@ -190,7 +220,7 @@ cdef class PerfDecoder:
         self.capacity = new_cap
         return 0
 
-    cdef int _count(self, uint64_t key, uint64_t interval) except -1:
+    cdef int _count(self, uint64_t key, uint64_t interval, uint64_t period) except -1:
         cdef uint64_t i, mask
         if (self.used + 1) * 4 >= self.capacity * 3:
             self._grow()
@@ -199,11 +229,13 @@ cdef class PerfDecoder:
         while self.slots[i].interval:
             if self.slots[i].key == key and self.slots[i].interval == interval + 1:
                 self.slots[i].count += 1
+                self.slots[i].ns += period
                 return 0
             i = (i + 1) & mask
         self.slots[i].key = key
         self.slots[i].interval = interval + 1
         self.slots[i].count = 1
+        self.slots[i].ns = period
         self.used += 1
         return 0
 
@@ -232,35 +264,13 @@ cdef class PerfDecoder:
         address, not a stale function pointer). Unknown code bytes: trust it."""
         cdef const uint8_t* code = self.code_bytes[i]
         cdef uint64_t o = addr - self.code_starts[i]
-        cdef uint8_t modrm
         if code == NULL or o > self.code_lens[i]:
             return True
         if o >= 5 and code[o - 5] == 0xE8:
             return True  # call rel32
-        if o >= 2 and code[o - 2] == 0xFF:
-            modrm = code[o - 1]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0xC0:
-                return True  # call reg
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0 and (modrm & 7) != 4 and (modrm & 7) != 5:
-                return True  # call [reg]
-        if o >= 3 and code[o - 3] == 0xFF:
-            modrm = code[o - 2]
-            if (modrm & 0x38) == 0x10 and (((modrm & 0xC0) == 0x40 and (modrm & 7) != 4) or
-                                           ((modrm & 0xC0) == 0 and (modrm & 7) == 4)):
-                return True  # call [reg+disp8], call [sib]
-        if o >= 4 and code[o - 4] == 0xFF:
-            modrm = code[o - 3]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x40 and (modrm & 7) == 4:
-                return True  # call [sib+disp8]
-        if o >= 6 and code[o - 6] == 0xFF:
-            modrm = code[o - 5]
-            if (modrm & 0x38) == 0x10 and (modrm == 0x15 or ((modrm & 0xC0) == 0x80 and (modrm & 7) != 4)):
-                return True  # call [rip+disp32], call [reg+disp32]
-        if o >= 7 and code[o - 7] == 0xFF:
-            modrm = code[o - 6]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) == 4:
-                return True  # call [sib+disp32]
-        return False
+        if o >= 6 and code[o - 6] == 0xFF and code[o - 5] == 0x15:
+            return True  # call [rip+disp32]
+        return self._indirect_call_before(code, o)
 
     def set_code_ranges(self, ranges) -> None:
         """Executable mappings as (start, end, is_system_library, code bytes or None).
@@ -291,91 +301,434 @@ cdef class PerfDecoder:
                 self.code_lens[i] = view.shape[0]
         self.n_code = n
 
-    cdef uint32_t _scan_caller(self, uint32_t n, uint64_t bp, uint64_t sp,
-                               const uint8_t* stack, uint64_t stack_len) noexcept:
-        """Recover the callers of a leaf in a system library from the copied stack.
+    def set_code_facts(self, functions, slots) -> None:
+        """Function bounds [(start, end)] and indirect call slots [(slot, target)],
+        runtime addresses (rsprof/recording/code_facts.py): what recovered return
+        addresses are checked against (docs/attribution.md). A slot may be listed
+        with several possible targets."""
+        cdef list fs = sorted((int(a), int(b)) for a, b in functions)
+        cdef list ss = sorted((int(a), int(b)) for a, b in slots)
+        cdef Py_ssize_t nf = len(fs), ns = len(ss), i
+        self.func_starts = <uint64_t*>_resized(self.func_starts, (nf + 1) * 8, 0)
+        self.func_ends = <uint64_t*>_resized(self.func_ends, (nf + 1) * 8, 0)
+        self.slot_addrs = <uint64_t*>_resized(self.slot_addrs, (ns + 1) * 8, 0)
+        self.slot_targets = <uint64_t*>_resized(self.slot_targets, (ns + 1) * 8, 0)
+        for i in range(nf):
+            self.func_starts[i] = fs[i][0]
+            self.func_ends[i] = fs[i][1]
+        for i in range(ns):
+            self.slot_addrs[i] = ss[i][0]
+            self.slot_targets[i] = ss[i][1]
+        self.n_funcs = nf
+        self.n_slots = ns
 
-        Such code keeps no frame pointers, so the kernel's chain misses the leaf's
-        caller (or is garbage). The stack words above the stack pointer hold the
-        return addresses (words into code that follow a call instruction): take
-        them up to and including the first one into other (user) code. If the
-        frame pointer still points above that return address (not clobbered),
-        the kernel's chain beyond the leaf is kept and continues from there;
-        otherwise scanning goes on for further callers (at most
-        SCAN_MAX_FRAMES in all). Returns the new frame count.
+    cdef Py_ssize_t _func_index(self, uint64_t addr) noexcept:
+        """Index of the function (FDE range) holding addr, or -1."""
+        cdef Py_ssize_t lo = 0, hi = self.n_funcs, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.func_starts[mid] <= addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0 or addr >= self.func_ends[lo - 1]:
+            return -1
+        return lo - 1
+
+    cdef const uint8_t* _code_ptr(self, uint64_t addr, uint64_t* avail) noexcept:
+        """The mapped code bytes from addr (avail: how many), or NULL if unknown."""
+        cdef Py_ssize_t i = self._code_index(addr)
+        cdef uint64_t o
+        avail[0] = 0
+        if i < 0 or self.code_bytes[i] == NULL:
+            return NULL
+        o = addr - self.code_starts[i]
+        if o >= self.code_lens[i]:
+            return NULL
+        avail[0] = self.code_lens[i] - o
+        return self.code_bytes[i] + o
+
+    cdef int64_t _fp_frame(self, uint64_t fstart, uint64_t* plen) noexcept:
+        """Bytes from rbp down to rsp at the calls of the function at fstart, if it
+        begins with a frame-pointer prologue ([endbr64] push rbp; mov rbp, rsp;
+        pushes; [sub rsp, n]) and keeps rsp fixed after it; plen: the prologue's
+        length. -1 otherwise."""
+        cdef uint64_t avail, p = 0
+        cdef const uint8_t* c = self._code_ptr(fstart, &avail)
+        cdef int64_t size = 0
+        cdef int32_t imm32
+        if c == NULL or avail < 48:
+            return -1
+        if c[0] == 0xF3 and c[1] == 0x0F and c[2] == 0x1E and c[3] == 0xFA:
+            p = 4
+        if c[p] != 0x55:
+            return -1
+        if c[p + 1] == 0x48 and ((c[p + 2] == 0x89 and c[p + 3] == 0xE5) or
+                                 (c[p + 2] == 0x8B and c[p + 3] == 0xEC)):
+            p += 4
+        else:
+            return -1
+        while p + 2 < avail and size < 64:
+            if 0x50 <= c[p] <= 0x57 and c[p] != 0x54:
+                size += 8
+                p += 1
+            elif c[p] == 0x41 and 0x50 <= c[p + 1] <= 0x57:
+                size += 8
+                p += 2
+            else:
+                break
+        if p + 7 > 24:
+            return -1
+        if c[p] == 0x48 and c[p + 1] == 0x83 and c[p + 2] == 0xEC:
+            if c[p + 3] >= 0x80:
+                return -1
+            size += c[p + 3]
+            p += 4
+        elif c[p] == 0x48 and c[p + 1] == 0x81 and c[p + 2] == 0xEC:
+            memcpy(&imm32, c + p + 3, 4)
+            if imm32 < 0 or imm32 >= 0x1000:
+                return -1  # large frames are probed page by page: not one fixed step
+            size += imm32
+            p += 7
+        # rsp realigned (and rsp, imm), moved by a register (stack probes: sub rsp,
+        # rax / r11) or a further sub: its distance from rbp is not fixed.
+        if c[p] == 0x48 and (c[p + 1] == 0x83 or c[p + 1] == 0x81) and \
+                (c[p + 2] == 0xE4 or c[p + 2] == 0xEC):
+            return -1
+        if (c[p] == 0x48 or c[p] == 0x4C) and c[p + 1] == 0x29 and (c[p + 2] & 0xC7) == 0xC4:
+            return -1
+        if (c[p] == 0x49 and c[p + 1] == 0x89 and c[p + 2] == 0xE3) or \
+                (c[p] == 0x4C and c[p + 1] == 0x8D and c[p + 2] == 0x9C and c[p + 3] == 0x24):
+            return -1  # mov r11, rsp / lea r11, [rsp - n]: a stack probe loop follows
+        plen[0] = p
+        return size
+
+    cdef int _slot_reaches(self, uint64_t slot, uint64_t callee, int depth) noexcept:
+        """Whether a jump or call through the 8-byte slot can land in callee:
+        REACH_YES, REACH_NO, or REACH_UNKNOWN when the slot is not a known one."""
+        cdef Py_ssize_t lo = 0, hi = self.n_slots, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.slot_addrs[mid] < slot:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo >= self.n_slots or self.slot_addrs[lo] != slot:
+            return REACH_UNKNOWN
+        while lo < self.n_slots and self.slot_addrs[lo] == slot:
+            if self._reaches(self.slot_targets[lo], callee, depth):
+                return REACH_YES
+            lo += 1
+        return REACH_NO
+
+    cdef bint _reaches(self, uint64_t target, uint64_t callee, int depth) noexcept:
+        """Whether control entering at target reaches the function starting at
+        callee without another call: target is callee, or a PLT stub, GOT jump or
+        jump thunk to it, or a small function with a tail jump to it (followed
+        REACH_DEPTH jumps deep, REACH_BUDGET functions per call checked)."""
+        cdef uint64_t avail, p = 0, q, dest, size
+        cdef const uint8_t* c
+        cdef int32_t rel
+        cdef Py_ssize_t fi
+        if target == callee:
+            return True
+        if depth >= REACH_DEPTH or self.reach_budget <= 0:
+            return False
+        self.reach_budget -= 1
+        c = self._code_ptr(target, &avail)
+        if c == NULL or avail < 16:
+            return False
+        if c[0] == 0xF3 and c[1] == 0x0F and c[2] == 0x1E and c[3] == 0xFA:
+            p = 4  # endbr64
+        if c[p] == 0x55 and c[p + 1] == 0x48 and c[p + 2] == 0x89 and c[p + 3] == 0xE5 and \
+                c[p + 4] == 0x5D:
+            p += 5  # push rbp; mov rbp, rsp; pop rbp (a Rust thunk that keeps frame pointers)
+        if c[p] == 0xE9:
+            memcpy(&rel, c + p + 1, 4)
+            return self._reaches(target + p + 5 + <int64_t>rel, callee, depth + 1)
+        if c[p] == 0xEB:
+            return self._reaches(target + p + 2 + <int8_t>c[p + 1], callee, depth + 1)
+        if c[p] == 0xF2 and c[p + 1] == 0xFF and c[p + 2] == 0x25:
+            p += 1  # bnd jmp
+        if c[p] == 0xFF and c[p + 1] == 0x25:
+            memcpy(&rel, c + p + 2, 4)
+            return self._slot_reaches(target + p + 6 + <int64_t>rel, callee,
+                                      depth + 1) == REACH_YES
+        # Not a thunk. A small function may end in tail jumps (jmp rel32, jcc
+        # rel32, jmp *slot): look for one to callee. A byte pattern that is not
+        # really a jump would have to hit callee's exact address to count.
+        fi = self._func_index(target)
+        if fi < 0 or self.func_starts[fi] != target:
+            return False
+        size = self.func_ends[fi] - target
+        if size > TAIL_SEARCH_BYTES or size > avail:
+            return False
+        for q in range(size):
+            if q + 5 <= size and c[q] == 0xE9:
+                memcpy(&rel, c + q + 1, 4)
+                dest = target + q + 5 + <int64_t>rel
+            elif q + 6 <= size and c[q] == 0x0F and (c[q + 1] & 0xF0) == 0x80:
+                memcpy(&rel, c + q + 2, 4)
+                dest = target + q + 6 + <int64_t>rel
+            elif q + 6 <= size and c[q] == 0xFF and c[q + 1] == 0x25:
+                memcpy(&rel, c + q + 2, 4)
+                if self._slot_reaches(target + q + 6 + <int64_t>rel, callee,
+                                      depth + 1) == REACH_YES:
+                    return True
+                continue
+            else:
+                continue
+            if dest == callee:
+                return True
+            if target <= dest < target + size:
+                continue
+            fi = self._func_index(dest)
+            if fi >= 0 and self.func_starts[fi] == dest and self._reaches(dest, callee, depth + 1):
+                return True
+        return False
+
+    cdef bint _indirect_call_before(self, const uint8_t* code, uint64_t o) noexcept:
+        """Whether the bytes before code[o] end an indirect call (FF /2) other than
+        call [rip+disp32]."""
+        cdef uint8_t modrm
+        if o >= 2 and code[o - 2] == 0xFF:
+            modrm = code[o - 1]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0xC0:
+                return True  # call reg
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0 and (modrm & 7) != 4 and (modrm & 7) != 5:
+                return True  # call [reg]
+        if o >= 3 and code[o - 3] == 0xFF:
+            modrm = code[o - 2]
+            if (modrm & 0x38) == 0x10 and (((modrm & 0xC0) == 0x40 and (modrm & 7) != 4) or
+                                           ((modrm & 0xC0) == 0 and (modrm & 7) == 4)):
+                return True  # call [reg+disp8], call [sib]
+        if o >= 4 and code[o - 4] == 0xFF:
+            modrm = code[o - 3]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x40 and (modrm & 7) == 4:
+                return True  # call [sib+disp8]
+        if o >= 6 and code[o - 6] == 0xFF:
+            modrm = code[o - 5]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) != 4:
+                return True  # call [reg+disp32]
+        if o >= 7 and code[o - 7] == 0xFF:
+            modrm = code[o - 6]
+            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) == 4:
+                return True  # call [sib+disp32]
+        return False
+
+    cdef int _call_reaches(self, uint64_t ret, uint64_t callee) noexcept:
+        """Does the call instruction that ret returns from reach the function starting
+        at callee? REACH_YES / REACH_NO / REACH_UNKNOWN (indirect), REACH_NOT_CALL
+        (no call before ret, or its code bytes unknown)."""
+        cdef Py_ssize_t i
+        cdef const uint8_t* code
+        cdef uint64_t o
+        cdef int32_t rel
+        cdef int r, result = REACH_NOT_CALL
+        self.reach_budget = REACH_BUDGET
+        if ret <= MIN_CODE_ADDRESS or ret > MAX_USER_ADDRESS:
+            return REACH_NOT_CALL
+        i = self._code_index(ret - 1)
+        if i < 0 or self.code_bytes[i] == NULL:
+            return REACH_NOT_CALL
+        code = self.code_bytes[i]
+        o = ret - self.code_starts[i]
+        if o > self.code_lens[i]:
+            return REACH_NOT_CALL
+        if o >= 5 and code[o - 5] == 0xE8:  # call rel32
+            memcpy(&rel, code + o - 4, 4)
+            if self._reaches(ret + <int64_t>rel, callee, 0):
+                return REACH_YES
+            result = REACH_NO
+        if o >= 6 and code[o - 6] == 0xFF and code[o - 5] == 0x15:  # call [rip+disp32]
+            memcpy(&rel, code + o - 4, 4)
+            r = self._slot_reaches(ret + <int64_t>rel, callee, 0)
+            if r == REACH_YES:
+                return REACH_YES
+            if r == REACH_UNKNOWN or result == REACH_NOT_CALL:
+                result = r
+        if self._indirect_call_before(code, o):
+            result = REACH_UNKNOWN
+        return result
+
+    cdef bint _return_into(self, uint64_t w, uint64_t* fn) noexcept:
+        """Whether stack word w can be a return address: it follows a call in known
+        code bytes, inside a known function (its start in fn)."""
+        cdef Py_ssize_t fi
+        cdef uint64_t avail
+        if w <= MIN_CODE_ADDRESS or w > MAX_USER_ADDRESS:
+            return False
+        fi = self._code_index(w - 1)
+        if fi < 0 or self.code_bytes[fi] == NULL or w - self.code_starts[fi] > self.code_lens[fi] \
+                or not self._follows_call(fi, w):
+            return False
+        fi = self._func_index(w - 1)
+        if fi < 0:
+            return False
+        fn[0] = self.func_starts[fi]
+        return True
+
+    cdef uint32_t _scan_caller(self, uint32_t n, bint has_regs, uint64_t bp, uint64_t sp,
+                               const uint8_t* stack, uint64_t stack_len, bint* cut) noexcept:
+        """Make self.frames[:n] (the IP, then the kernel's frame-pointer chain) an
+        honest stack; returns the new frame count. docs/attribution.md has the rule:
+
+        1. The leaf's function keeps a frame pointer and bp is its frame: the
+           kernel's chain is right.
+        2. Otherwise the copied stack (from sp) is searched for the anchor, the
+           word that bp proves is a live return address: the return address of
+           the frame record at bp (at bp + 8), or one into a frame-pointer
+           function whose frame, by its prologue, is exactly at bp. Between the
+           leaf and the anchor, the return addresses that chain up to it (each
+           returns from a call that reaches the function below it) are kept; the
+           kernel's chain continues above the anchor.
+        3. No anchor: only return addresses that chain up from the leaf are kept
+           (through a frame-pointer function's frame record when its prologue
+           gives it), and the stack ends there (cut).
+
+        Without function bounds nothing can be checked: code without frame
+        pointers (a system library) keeps only its leaf, other code the chain.
         """
-        cdef uint64_t off, w, slot = 0
+        cdef uint64_t leaf = self.frames[0], fn, w, s, callee, plen, v
+        cdef uint64_t off, anchor_off = 0, fallback
+        cdef int64_t frame
+        cdef Py_ssize_t fi
+        cdef int kind = self._code_kind(leaf), anchor = 0, r
+        cdef uint32_t nscan = 0, i, out, keep_from
         cdef uint64_t found[SCAN_MAX_FRAMES]
-        cdef uint32_t nfound = 0, i, out, k
-        cdef int kind
-        cdef Py_ssize_t idx
-        cdef bint user_found = False
-        cdef bint keep = False
-        if n == 0 or self.n_code == 0 or stack_len < 8 or self._code_kind(self.frames[0]) != 1:
+        cdef bint pinned
+        fi = self._func_index(leaf) if self.n_code > 0 else -1
+        if fi < 0:
+            if kind == 1:
+                cut[0] = True
+                return 1
             return n
+        callee = self.func_starts[fi]
+        frame = self._fp_frame(callee, &plen)
+        if has_regs and frame >= 0 and leaf >= callee + plen and sp + <uint64_t>frame == bp:
+            return n
+        if not has_regs or stack_len < 8:
+            cut[0] = True
+            return 1
+        # 2. The anchor: the lowest word that bp proves.
         off = 0
-        while off + 8 <= stack_len and nfound < SCAN_MAX_FRAMES:
+        while off + 8 <= stack_len:
             memcpy(&w, stack + off, 8)
-            idx = self._code_index(w)
-            kind = 0 if idx < 0 else (1 if self.code_system[idx] else 2)
-            if kind != 0 and w > MIN_CODE_ADDRESS and self._follows_call(idx, w):
-                found[nfound] = w - 1
-                nfound += 1
-                if kind == 2 and not user_found:
-                    user_found = True
-                    slot = sp + off
-                    # Keep the kernel's chain when bp is a plausible frame above the
-                    # slot; then the chain goes on from here. Otherwise bp was
-                    # clobbered: keep scanning for the callers further up.
-                    keep = n > 1 and bp > slot and bp - sp < (1 << 20)
-                    if keep:
-                        break
+            s = sp + off
+            if n > 1 and self._return_into(w, &fn):
+                if s == bp + 8 and self.frames[1] == w - 1 and self._anchor_a(w, callee, stack, off):
+                    anchor = 1
+                    break
+                frame = self._fp_frame(fn, &plen)
+                if frame >= 0 and s + 8 + <uint64_t>frame == bp and \
+                        self._call_reaches(self.frames[1] + 1, fn) != REACH_NO:
+                    anchor = 2
+                    break
             off += 8
-        if not user_found:
-            return n
-        self.scanned_stacks += 1
-        if n > 1 and not keep:
-            self.broken_chains += 1
-        k = 1
-        if keep and n > 1 and self.frames[1] == found[nfound - 1]:
-            k = 2  # the kernel chain already has the caller (the leaf kept rbp)
-        out = 1 + nfound + ((n - k) if keep else 0)
-        if out > RSPROF_MAX_STACK + SCAN_MAX_FRAMES:
-            out = RSPROF_MAX_STACK + SCAN_MAX_FRAMES
-        # Shift the kept kernel chain up, then put the scanned frames after the leaf.
-        if keep:
+        if anchor:
+            anchor_off = off
+            off = 0
+            while off < anchor_off and nscan < SCAN_MAX_FRAMES - 1:
+                memcpy(&w, stack + off, 8)
+                if self._return_into(w, &fn) and self._call_reaches(w, callee) == REACH_YES:
+                    found[nscan] = w - 1
+                    nscan += 1
+                    callee = fn
+                off += 8
+            memcpy(&w, stack + anchor_off, 8)
+            if nscan > 0 and self._call_reaches(w, callee) != REACH_YES:
+                nscan = 0  # what was found below does not lead up to the anchor
+            found[nscan] = w - 1
+            nscan += 1
+            keep_from = 2 if anchor == 1 else 1
+            out = 1 + nscan + (n - keep_from)
+            if out > RSPROF_MAX_STACK + SCAN_MAX_FRAMES:
+                out = RSPROF_MAX_STACK + SCAN_MAX_FRAMES
             i = out
-            while i > 1 + nfound:
+            while i > 1 + nscan:
                 i -= 1
-                self.frames[i] = self.frames[k + (i - 1 - nfound)]
-        for i in range(nfound):
+                self.frames[i] = self.frames[keep_from + (i - 1 - nscan)]
+            for i in range(nscan):
+                self.frames[1 + i] = found[i]
+            self.scanned_stacks += 1
+            return out
+        # 3. No anchor: return addresses that chain up from the leaf, then the end.
+        cut[0] = True
+        off = 0
+        fallback = 0
+        pinned = False
+        while off + 8 <= stack_len and nscan < SCAN_MAX_FRAMES:
+            memcpy(&w, stack + off, 8)
+            if self._return_into(w, &fn) and self._call_reaches(w, callee) == REACH_YES:
+                found[nscan] = w - 1
+                nscan += 1
+                callee = fn
+                pinned = False
+                frame = self._fp_frame(fn, &plen)
+                if frame >= 0:
+                    # fn's frame record is right above its calls' return address:
+                    # its caller's return address is exactly there.
+                    v = sp + off + 8 + <uint64_t>frame
+                    if v + 16 <= sp + stack_len:
+                        fallback = off + 8
+                        off = v + 8 - sp
+                        pinned = True
+                        continue
+                off += 8
+                continue
+            if pinned:
+                pinned = False
+                off = fallback
+                continue
+            off += 8
+        if nscan == 0:
+            return 1
+        for i in range(nscan):
             self.frames[1 + i] = found[i]
-        return out
+        self.scanned_stacks += 1
+        return 1 + nscan
+
+    cdef bint _anchor_a(self, uint64_t w, uint64_t leaf_fn, const uint8_t* stack,
+                        uint64_t off) noexcept:
+        """w, at bp + 8, is the return address of the frame record at bp. Confirm it
+        returns from a call that can reach a function that may own that record: the
+        leaf's, or one that a return address below it returns into."""
+        cdef uint64_t o = 0, x, fn
+        if self._call_reaches(w, leaf_fn) != REACH_NO:
+            return True
+        while o < off:
+            memcpy(&x, stack + o, 8)
+            if self._return_into(x, &fn) and self._call_reaches(w, fn) != REACH_NO:
+                return True
+            o += 8
+        return False
 
     cdef int _sample(self, const uint8_t* rec, uint32_t size) except -1:
-        # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 nr;
-        # u64 ips[nr]; u64 abi; u64 regs[NREGS] if abi; u64 size; u8 data[size];
-        # u64 dyn_size if size.
-        cdef uint64_t ip, t, nr, i, entry, pos, abi = 0, bp = 0, sp = 0
+        # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 period;
+        # u64 nr; u64 ips[nr]; u64 abi; u64 regs[NREGS] if abi; u64 size;
+        # u8 data[size]; u64 dyn_size if size.
+        cdef uint64_t ip, t, period, nr, i, entry, pos, abi = 0, bp = 0, sp = 0
         cdef uint64_t stack_size = 0, dyn_size = 0
         cdef const uint8_t* stack = NULL
-        cdef uint32_t pid, tid, n = 0
-        cdef bint in_user = True
+        cdef uint32_t pid, tid, n = 0, k
+        cdef bint in_user = True, cut = False
+        cdef Py_ssize_t ci
         cdef int64_t rel
         cdef uint64_t interval
         cdef int64_t sid
-        if size < 8 + 32:
+        if size < 8 + 40:
             self.malformed += 1
             return 0
         memcpy(&ip, rec + 8, 8)
         memcpy(&pid, rec + 16, 4)
         memcpy(&tid, rec + 20, 4)
         memcpy(&t, rec + 24, 8)
-        memcpy(&nr, rec + 32, 8)
-        if nr > (size - 40) // 8:
+        memcpy(&period, rec + 32, 8)
+        memcpy(&nr, rec + 40, 8)
+        if nr > (size - 48) // 8:
             self.malformed += 1
             return 0
-        pos = 40 + 8 * nr
+        pos = 48 + 8 * nr
         if pos + 8 > size:
             self.malformed += 1
             return 0
@@ -406,7 +759,7 @@ cdef class PerfDecoder:
             self.other_process_samples += 1
             return 0
         for i in range(nr):
-            memcpy(&entry, rec + 40 + 8 * i, 8)
+            memcpy(&entry, rec + 48 + 8 * i, 8)
             if entry >= RSPROF_CONTEXT_MAX:
                 # A context marker: only user-space entries are kept.
                 in_user = entry == RSPROF_CONTEXT_USER
@@ -416,7 +769,7 @@ cdef class PerfDecoder:
             if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
                 # A frame pointer chain that ran into garbage (code that keeps no
                 # frame pointers): what follows is not a call chain.
-                self.broken_chains += 1
+                cut = True
                 break
             self.frames[n] = entry if n == 0 else entry - 1
             n += 1
@@ -426,22 +779,35 @@ cdef class PerfDecoder:
             n = 1
         if n >= RSPROF_MAX_STACK:
             self.truncated += 1
-        if abi != 0 and stack != NULL:
-            n = self._scan_caller(n, bp, sp, stack, dyn_size)
-        return self._count_frames(tid, t, n)
+        if self.n_code > 0:
+            # Every return address of the chain returns into code, after a call:
+            # a word that does not is garbage the walk read, not a caller.
+            for k in range(1, n):
+                ci = self._code_index(self.frames[k])
+                if ci < 0 or not self._follows_call(ci, self.frames[k] + 1):
+                    n = k
+                    cut = True
+                    break
+        n = self._scan_caller(n, abi != 0, bp, sp, stack, dyn_size if stack != NULL else 0, &cut)
+        if cut:
+            self.broken_chains += 1
+        return self._count_frames(tid, t, n, period)
 
-    cdef int _count_frames(self, uint32_t tid, uint64_t t, uint32_t n) except -1:
-        """Intern self.frames[:n] and count one sample of thread tid at time t."""
+    cdef int _count_frames(self, uint32_t tid, uint64_t t, uint32_t n,
+                           uint64_t period) except -1:
+        """Intern self.frames[:n] and count one sample of thread tid at time t that
+        stands for `period` nanoseconds of CPU."""
         cdef int64_t sid = self.stacks.intern(self.frames, n)
         cdef int64_t rel = <int64_t>t - self.start_ns
         if rel < 0:
             self.early_samples += 1
             rel = 0
         self.samples += 1
-        self._count((<uint64_t>tid << 32) | <uint64_t>sid, <uint64_t>(rel // self.interval_ns))
+        self._count((<uint64_t>tid << 32) | <uint64_t>sid, <uint64_t>(rel // self.interval_ns),
+                    period)
         return 0
 
-    cdef int _self_sample(self, uint32_t tid, uint64_t t, const uint8_t* raw,
+    cdef int _self_sample(self, uint32_t tid, uint64_t t, uint64_t period, const uint8_t* raw,
                           uint32_t depth) except -1:
         """Count one sample from the shim's self-sampler like a perf sample."""
         cdef uint32_t i, n = 0
@@ -457,7 +823,7 @@ cdef class PerfDecoder:
         if n == 0:
             self.malformed += 1
             return 0
-        return self._count_frames(tid, t, n)
+        return self._count_frames(tid, t, n, period)
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size) except -1:
         cdef uint64_t v
@@ -546,13 +912,15 @@ cdef class PerfDecoder:
         return self.decode(&data[0] if data.shape[0] else NULL, data.shape[0], tail, head)
 
     def take_counts(self) -> list:
-        """(interval, tid, stack_id, count) accumulated since the last call."""
+        """(interval, tid, stack_id, count, ns) accumulated since the last call: ns is
+        the nanoseconds of CPU the samples stand for (the sum of their periods)."""
         cdef list out = []
         cdef uint64_t i
         for i in range(self.capacity):
             if self.slots[i].interval:
                 out.append((self.slots[i].interval - 1, self.slots[i].key >> 32,
-                            self.slots[i].key & 0xffffffff, self.slots[i].count))
+                            self.slots[i].key & 0xffffffff, self.slots[i].count,
+                            self.slots[i].ns))
         memset(self.slots, 0, self.capacity * sizeof(CountSlot))
         self.used = 0
         return out
@@ -580,10 +948,10 @@ cdef class PerfRing:
         self.fd = fd
         self.map_len = pagesz * (1 + data_pages)
         cdef void* p = mmap(NULL, self.map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        cdef int err = errno  # mmap's own errno, read before anything else can change it
         if p == MAP_FAILED:
-            import ctypes, os
-            err = ctypes.get_errno() or 12
-            raise OSError(err, "mmap of perf ring failed")
+            import os
+            raise OSError(err, os.strerror(err))  # "cannot map the perf ring: ..." upstream
         self.page = <perf_event_mmap_page*>p
         self.data_size = self.page.data_size if self.page.data_size else pagesz * data_pages
         self.data = <uint8_t*>p + (self.page.data_offset if self.page.data_offset else pagesz)
@@ -703,6 +1071,9 @@ def record_size(uint64_t word) -> int:
 # The largest record the reader accepts: a header, 40 bytes of fields, 1024 frames.
 DEF SHM_MAX_RECORD = 40 + 8 * 1024
 DEF SHM_MAX_FRAMES_ACCEPTED = 1024
+# The longest CPU time one self-sample may stand for (its period_ns): a minute.
+DEF SHM_MAX_SAMPLE_PERIOD_NS = 60_000_000_000
+SHM_MAX_SAMPLE_PERIOD = SHM_MAX_SAMPLE_PERIOD_NS
 DEF NO_STACK = 0xffffffff
 
 
@@ -957,8 +1328,11 @@ cdef class HeapDecoder:
                 return 0
             sid = self._intern_walked(rec + 16, depth)
             while shim_id >= self.shim_ids_cap:
+                # Keep the ids mapped so far (old_bytes): growing used to zero them,
+                # and every allocation of an earlier stack went to stack 0.
                 self.shim_ids = <uint32_t*>_resized(self.shim_ids,
-                                                    self.shim_ids_cap * 2 * sizeof(uint32_t), 0)
+                                                    self.shim_ids_cap * 2 * sizeof(uint32_t),
+                                                    self.shim_ids_cap * sizeof(uint32_t))
                 memset(self.shim_ids + self.shim_ids_cap, 0xff,
                        self.shim_ids_cap * sizeof(uint32_t))
                 self.shim_ids_cap *= 2
@@ -986,19 +1360,21 @@ cdef class HeapDecoder:
             self.threads.append((tid, (<char*>(rec + 16))[:n].decode("utf-8", "replace")))
         elif rtype == RSPROF_REC_SAMPLE:
             # A CPU sample from the shim's SIGPROF self-sampler: tid, depth,
-            # time_ns, frames (frames[0] is the interrupted IP).
-            if size < 24:
+            # time_ns, period_ns, frames (frames[0] is the interrupted IP).
+            if size < 32:
                 self.malformed += 1
                 return 0
             memcpy(&tid, rec + 8, 4)
             memcpy(&depth, rec + 12, 4)
             memcpy(&ptr, rec + 16, 8)
-            if depth > SHM_MAX_FRAMES_ACCEPTED or size != 24 + 8 * depth:
+            memcpy(&nbytes, rec + 24, 8)
+            if (depth > SHM_MAX_FRAMES_ACCEPTED or size != 32 + 8 * depth or
+                    nbytes > SHM_MAX_SAMPLE_PERIOD_NS):
                 self.malformed += 1
                 return 0
             self.self_samples += 1
             if self.cpu is not None:
-                self.cpu._self_sample(tid, ptr, rec + 24, depth)
+                self.cpu._self_sample(tid, ptr, nbytes, rec + 32, depth)
         elif rtype != RSPROF_REC_PAD:
             self.malformed += 1
         return 0
@@ -1063,7 +1439,7 @@ cdef class ShmRing:
             raise ValueError("region smaller than its header")
         p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if p == MAP_FAILED:
-            raise OSError("cannot map the shared region")
+            raise OSError(errno, "cannot map the shared region")
         self.base = <uint8_t*>p
         self.map_len = length
         self.hdr = <rsprof_shm_header*>p
@@ -1230,7 +1606,7 @@ def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
     os.ftruncate(fd, length)
     cdef void* p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
     if p == MAP_FAILED:
-        raise OSError("cannot map the shared region")
+        raise OSError(errno, "cannot map the shared region")
     cdef rsprof_shm_header* hdr = <rsprof_shm_header*>p
     memset(p, 0, RSPROF_SHM_HEADER_BYTES)
     hdr.version = RSPROF_SHM_VERSION
@@ -1239,6 +1615,9 @@ def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
     hdr.pid = pid
     hdr.max_frames = RSPROF_MAX_FRAMES
     hdr.heartbeat_ns = rsprof_monotonic_ns()
+    # A RECORDING region names its creator as the reader from the start: a writer
+    # that finds the ring full before attach() then waits while we live.
+    hdr.reader_pid = os.getpid() if state == RSPROF_STATE_RECORDING else 0
     hdr.state = state
     hdr.reserved0 = self_sample_hz
     hdr.start_gate = 1 if hold_at_start else 0

@@ -158,13 +158,17 @@ cdef class StackTable:
         cdef uint32_t n = self.lengths[stack_id]
         return [self.frames[off + i] for i in range(n)]
 
-    def take_new(self) -> list:
-        """Stacks interned since the last call, as (id, list of addresses)."""
+    def take_new(self, uint64_t limit=0) -> list:
+        """Stacks interned since the last call, as (id, list of addresses); at most
+        `limit` of them (0: all), the rest at the next call."""
         cdef list out = []
         cdef uint64_t sid
-        for sid in range(self.new_from, self.count):
+        cdef uint64_t end = self.count
+        if limit and end - self.new_from > limit:
+            end = self.new_from + limit
+        for sid in range(self.new_from, end):
             out.append((sid, self.frames_of(sid)))
-        self.new_from = self.count
+        self.new_from = end
         return out
 
 

@@ -1,36 +1,54 @@
 """The one attribution rule: which function a sample or allocation is charged to.
 
 Every view (recording, `top`, SQL views, exports, the TUI) uses this module,
-so the same stack is always charged to the same function.
+so the same stack is always charged to the same function. docs/attribution.md
+states the rule; in short:
 
-Rule: walk the stack's logical frames (inlined frames included) from the
-innermost outwards and charge the first frame that is the user's own code.
-A frame is *internal* (not the user's) when any of these holds:
+* A frame is the user's own code when its module is the profiled executable
+  (wherever it is installed) or a library of the program outside the system
+  locations, its source file is neither Rust's standard library
+  (`/rustc/<hash>/library/...`, `/rust/deps/...`, a `lib/rustlib/src`
+  checkout) nor a registry or git dependency (`<cargo home>/registry/src/
+  <index>-<hash>/<crate>-<version>/...`, `<cargo home>/git/checkouts/...`),
+  and it is not rsprof's own code. Without a source file, names rooted in
+  `std::`, `core::`, `alloc::`, `__rustc::` or `rsprof_trace::` and the
+  runtime symbols are not the user's.
+* A sample is rsprof's own (charged to the pseudo-function `[rsprof]`) when,
+  walking from the leaf outwards, rsprof's code comes before any user frame
+  and that first frame of rsprof's is the leaf itself or rsprof's recording
+  code. Below a pass-through entry point (the shim's malloc/free/... hooks
+  calling the real function, its thread-start trampoline, rsprof-trace's
+  `GlobalAlloc` methods calling the wrapped allocator) the time is the
+  program's own: charged by the usual rule.
+* Otherwise the first frame that is the user's is charged; when no frame is,
+  the innermost. `--include-internal` charges the innermost frame always
+  (rsprof's own time stays `[rsprof]`).
 
-* its source file is the Rust standard library (`/rustc/<hash>/...`, the
-  crates std vendors under `/rust/deps/`, or a `lib/rustlib/src` checkout) or a
-  dependency (`.cargo/registry`, `.cargo/git`);
-* its module is a system library (under /lib, /usr/lib, ld-linux, libc, libm,
-  libgcc_s, libstdc++, the vDSO) or rsprof's own shim, or it lies in no
-  executable mapping at all (`[unknown]`);
-* it has no source file (no debug info) and its name is rooted in `std::`,
-  `core::`, `alloc::`, `rsprof_trace::` or is a Rust runtime symbol
-  (`__rust_*`, `rust_begin_unwind`), or a C runtime start symbol.
-
-Only whole path prefixes and whole name segments are matched, so a user
-function called `free_list`, `init` or `utils::x` is never hidden. When no
-frame is the user's, the innermost frame is charged. `--include-internal`
-charges the innermost frame (the true leaf) always.
+Only whole path prefixes, path components and name segments are matched, so a
+user function called `free_list`, `alloc_pool` or `utils::x` is never hidden.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
+
+from rsprof.symbols.model import Frame
+
+# The pseudo-function every sample spent in rsprof's own code is charged to.
+RSPROF_FUNCTION = "[rsprof]"
 
 _INTERNAL_FILE_PREFIXES = ("/rustc/", "/rust/deps/")
 _INTERNAL_FILE_PARTS = ("/.cargo/registry/", "/.cargo/git/", "/lib/rustlib/src/")
+# Cargo's download directories under any CARGO_HOME (also /usr/local/cargo of the
+# official Docker images, which has no ".cargo" in it): registry sources are
+# <home>/registry/src/<index>-<16 hex>/<crate>-<version>/..., git dependencies
+# <home>/git/checkouts/<name>-<16 hex>/<revision>/...
+_DEPENDENCY_FILE = re.compile(
+    r"/registry/src/[^/]+-[0-9a-f]{16}/[^/]+-[0-9][^/]*/"
+    r"|/git/checkouts/[^/]+-[0-9a-f]{16}/[^/]+/")
 _SYSTEM_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/local/lib/")
 _SYSTEM_LIB_PREFIXES = (
     "ld-linux", "libc.so", "libc-", "libm.so", "libpthread", "libdl.so", "librt.so",
@@ -38,12 +56,27 @@ _SYSTEM_LIB_PREFIXES = (
 )
 _SPECIAL_MODULES = ("[vdso]", "[vsyscall]", "[unknown]")
 _RSPROF_MODULE_PREFIXES = ("librsprof",)
+_RSPROF_C_PREFIXES = ("rsprof_shim_", "rsprof__")
 _INTERNAL_CRATES = frozenset({"std", "core", "alloc", "proc_macro", "rsprof_trace", "__rustc"})
 _ALWAYS_INTERNAL_CRATES = frozenset({"rsprof_trace", "__rustc"})
 _RUNTIME_SYMBOLS = frozenset({
     "_start", "__libc_start_main", "__libc_start_call_main", "rust_begin_unwind",
     "rust_panic", "main",
 })
+# rsprof's functions that call the real thing on the program's behalf: the LD_PRELOAD
+# shim's interposed functions (csrc/rsprof_preload.c) and its thread-start trampoline.
+_SHIM_PASS_THROUGH = frozenset({
+    "malloc", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc",
+    "memalign", "valloc", "pvalloc", "free", "pthread_create", "start_trampoline",
+})
+# ... and rsprof-trace's allocator wrappers, which call the allocator they wrap.
+_TRACE_PASS_THROUGH = re.compile(
+    r" as core::alloc::global::GlobalAlloc>::(alloc|alloc_zeroed|dealloc|realloc)$")
+_DELETED = " (deleted)"
+
+# The profiled executable's module path(s): one path, a collection of paths (the
+# executable's file may be mapped under more than one name), or None (unknown).
+Executable = str | Collection[str] | None
 
 
 class FrameLike(Protocol):
@@ -55,13 +88,31 @@ class FrameLike(Protocol):
     def module(self) -> str: ...
 
 
-def is_system_module(module: str) -> bool:
-    """True for the C runtime, the dynamic loader, the vDSO, rsprof's shim and no module."""
+def is_executable(module: str, executable: Executable) -> bool:
+    """Whether `module` is the profiled executable."""
+    if not executable:
+        return False
+    if isinstance(executable, str):
+        return module == executable.removesuffix(_DELETED)
+    return module in executable
+
+
+def is_rsprof_module(module: str) -> bool:
+    """rsprof's LD_PRELOAD shim (librsprof_shim.so, wherever it was copied)."""
+    return os.path.basename(module).startswith(_RSPROF_MODULE_PREFIXES)
+
+
+def is_system_module(module: str, executable: Executable = None) -> bool:
+    """True for the C runtime, the dynamic loader, the vDSO, rsprof's shim, no module,
+    and any module in a system location (/lib, /usr/lib, /usr/local/lib, ...) that is
+    not the profiled `executable`."""
     if module in _SPECIAL_MODULES:
         return True
-    base = os.path.basename(module)
-    if base.startswith(_RSPROF_MODULE_PREFIXES):
+    if is_rsprof_module(module):
         return True
+    if is_executable(module, executable):
+        return False
+    base = os.path.basename(module)
     if base.startswith(_SYSTEM_LIB_PREFIXES):
         return True
     return module.startswith(_SYSTEM_DIRS)
@@ -83,30 +134,169 @@ def _crate_of(function: str) -> str:
     return "core" if head in _PRIMITIVES else head
 
 
-def is_internal(function: str, file: str | None, module: str) -> bool:
-    """Whether a frame is library/runtime code rather than the user's own."""
-    if is_system_module(module):
+def _is_rsprof_source(file: str) -> bool:
+    """One of rsprof's C sources (csrc/rsprof_*.c or .h), compiled into the shim or,
+    by rsprof-trace, into the user's binary."""
+    directory, base = os.path.split(file)
+    return (os.path.basename(directory) == "csrc" and base.startswith("rsprof_")
+            and base.endswith((".c", ".h")))
+
+
+def is_rsprof_code(function: str, file: str | None, module: str) -> bool:
+    """A frame of rsprof's own code: anything in the shim module, the C recorder's
+    functions (`rsprof_shim_*`, `rsprof__*`, or a file of csrc/) and the
+    rsprof_trace crate, wherever they were linked."""
+    if is_rsprof_module(module) or function == RSPROF_FUNCTION:
+        return True
+    if function.startswith(_RSPROF_C_PREFIXES):
+        return True
+    if file and _is_rsprof_source(file):
+        return True
+    return _crate_of(function) == "rsprof_trace"
+
+
+def is_pass_through(function: str, file: str | None, module: str) -> bool:
+    """rsprof code that calls the real function on the program's behalf (the shim's
+    allocator hooks and thread trampoline, rsprof-trace's GlobalAlloc methods): what
+    it calls is the program's work, not rsprof's."""
+    if not is_rsprof_code(function, file, module):
+        return False
+    if _crate_of(function) == "rsprof_trace":
+        return _TRACE_PASS_THROUGH.search(function) is not None
+    in_shim = is_rsprof_module(module) or (
+        file is not None and os.path.basename(file) == "rsprof_preload.c")
+    return in_shim and function in _SHIM_PASS_THROUGH
+
+
+def is_internal(function: str, file: str | None, module: str,
+                executable: Executable = None) -> bool:
+    """Whether a frame is library, runtime or rsprof code rather than the user's own."""
+    if is_rsprof_code(function, file, module):
+        return True
+    if is_system_module(module, executable):
         return True
     if _crate_of(function) in _ALWAYS_INTERNAL_CRATES:
-        # Allocator shims and rsprof's own crate, wherever their source lives
-        # (a path dependency on rsprof-trace has a file outside any registry).
+        # Allocator shims, wherever their source lives.
         return True
     if file:
         if file.startswith(_INTERNAL_FILE_PREFIXES):
             return True
-        return any(part in file for part in _INTERNAL_FILE_PARTS)
+        if any(part in file for part in _INTERNAL_FILE_PARTS):
+            return True
+        return _DEPENDENCY_FILE.search(file) is not None
     if function.startswith("__rust_") or function in _RUNTIME_SYMBOLS:
         return True
     return _crate_of(function) in _INTERNAL_CRATES
 
 
-def charged_index(frames: Sequence[FrameLike], include_internal: bool = False) -> int:
-    """Index (innermost = 0) of the frame a stack is charged to; -1 for no frames."""
-    if not frames:
+def is_user_frame(function: str, file: str | None, module: str,
+                  executable: Executable = None) -> bool:
+    """The rule for "the user's own code" (docs/attribution.md)."""
+    return not is_internal(function, file, module, executable)
+
+
+def rsprof_frame(module: str) -> Frame:
+    """The pseudo-frame of rsprof's own time, in the module its code runs from."""
+    return Frame(RSPROF_FUNCTION, None, None, module, False, True)
+
+
+_USER, _INTERNAL, _RSPROF, _PASS_THROUGH = range(4)
+
+
+class Attributor:
+    """The rule bound to one recording's executable, each distinct frame judged once
+    (a profile repeats the same few frames across many stacks: binary-trees has 131 k
+    stacks over a dozen functions)."""
+
+    def __init__(self, executable: Executable = None) -> None:
+        self.executable = executable
+        self._kinds: dict[tuple[str, str | None, str], int] = {}
+
+    def _kind(self, f: FrameLike) -> int:
+        key = (f.function, f.file, f.module)
+        kind = self._kinds.get(key)
+        if kind is None:
+            if is_rsprof_code(*key):
+                kind = _PASS_THROUGH if is_pass_through(*key) else _RSPROF
+            elif is_internal(*key, self.executable):
+                kind = _INTERNAL
+            else:
+                kind = _USER
+            self._kinds[key] = kind
+        return kind
+
+    def rsprof_index(self, frames: Sequence[FrameLike]) -> int:
+        """When the sample was spent in rsprof's own code, the index (innermost = 0) of
+        its first frame of rsprof's; otherwise -1."""
+        for i, f in enumerate(frames):
+            kind = self._kind(f)
+            if kind == _RSPROF or (kind == _PASS_THROUGH and i == 0):
+                return i
+            if kind == _PASS_THROUGH:
+                return -1  # the real allocator (or thread) under a hook: the program's
+            if kind == _USER:
+                return -1  # the user's code comes first
         return -1
-    if include_internal:
+
+    def charged_index(self, frames: Sequence[FrameLike], include_internal: bool = False) -> int:
+        """Index (innermost = 0) of the first frame of the user's own code (the innermost
+        when there is none, or with include_internal); -1 for no frames. A sample of
+        rsprof's own time is charged to `[rsprof]` instead, in both: see charged_frame."""
+        if not frames:
+            return -1
+        if include_internal:
+            return 0
+        for i, f in enumerate(frames):
+            if self._kind(f) == _USER:
+                return i
         return 0
-    for i, frame in enumerate(frames):
-        if not is_internal(frame.function, frame.file, frame.module):
-            return i
-    return 0
+
+    def stack_frames(self, addresses: Sequence[int],
+                     frames_of: Mapping[int, Sequence[Frame]]) -> tuple[Frame, Frame] | None:
+        """(charged_frame(logical, True), charged_frame(logical)) of the stack whose
+        logical frames are frames_of[a] for each address a, innermost first, without
+        building that list: the walk stops at the first frame that decides both (the
+        recorder stores 131 k heap stacks of binary-trees at once). None for no frames."""
+        first: Frame | None = None
+        rsprof_possible = True
+        i = 0
+        for a in addresses:
+            for f in frames_of[a]:
+                kind = self._kind(f)
+                if first is None:
+                    first = f
+                if rsprof_possible and (kind == _RSPROF or (kind == _PASS_THROUGH and i == 0)):
+                    charged = rsprof_frame(f.module)
+                    return charged, charged
+                if kind == _PASS_THROUGH:
+                    rsprof_possible = False
+                elif kind == _USER:
+                    return first, f
+                i += 1
+        return None if first is None else (first, first)
+
+    def charged_frame(self, frames: Sequence[Frame], include_internal: bool = False) -> Frame:
+        """The frame a stack (non-empty) is charged to: `[rsprof]` for rsprof's own time
+        (with include_internal too: rsprof's functions are never shown), else
+        frames[charged_index(...)]."""
+        r = self.rsprof_index(frames)
+        if r >= 0:
+            return rsprof_frame(frames[r].module)
+        return frames[self.charged_index(frames, include_internal)]
+
+
+def rsprof_index(frames: Sequence[FrameLike], executable: Executable = None) -> int:
+    """Attributor.rsprof_index for one stack."""
+    return Attributor(executable).rsprof_index(frames)
+
+
+def charged_index(frames: Sequence[FrameLike], include_internal: bool = False,
+                  executable: Executable = None) -> int:
+    """Attributor.charged_index for one stack."""
+    return Attributor(executable).charged_index(frames, include_internal)
+
+
+def charged_frame(frames: Sequence[Frame], include_internal: bool = False,
+                  executable: Executable = None) -> Frame:
+    """Attributor.charged_frame for one stack."""
+    return Attributor(executable).charged_frame(frames, include_internal)

@@ -73,7 +73,7 @@ _RAW = struct.Struct("<QQII")  # ptr, size, depth, reserved
 _BIG = struct.Struct("<IIQQ")  # stack_id, reserved, ptr, size
 _STACK = struct.Struct("<II")  # stack_id, depth
 _THREAD = struct.Struct("<II16s")  # tid, reserved, name
-_SAMPLE = struct.Struct("<IIQ")  # tid, depth, time_ns
+_SAMPLE = struct.Struct("<IIQQ")  # tid, depth, time_ns, period_ns
 
 
 class RegionError(RsprofError):
@@ -110,6 +110,7 @@ class SampleRecord:
     tid: int
     time_ns: int
     frames: tuple[int, ...]
+    period_ns: int = 0  # the thread CPU time it stands for (interval * (1 + overruns))
 
 
 @dataclass(frozen=True)
@@ -403,10 +404,11 @@ class ShmReader:
             ptr, size, depth, _ = _RAW.unpack_from(body)
             if depth <= self.max_frames and n == 32 + 8 * depth:
                 return AllocRawRecord(ptr, size, self._frames(body, 24, depth))
-        elif rtype == REC_SAMPLE and n >= 24:
-            tid, depth, ts = _SAMPLE.unpack_from(body)
-            if depth <= _MAX_SAMPLE_FRAMES and n == 24 + 8 * depth:
-                return SampleRecord(tid, ts, self._frames(body, 16, depth))
+        elif rtype == REC_SAMPLE and n >= 32:
+            tid, depth, ts, period = _SAMPLE.unpack_from(body)
+            if (depth <= _MAX_SAMPLE_FRAMES and n == 32 + 8 * depth
+                    and period <= _ring.SHM_MAX_SAMPLE_PERIOD):
+                return SampleRecord(tid, ts, self._frames(body, 24, depth), period)
         elif rtype == REC_THREAD and n == 32:
             tid, _, raw = _THREAD.unpack_from(body)
             return ThreadRecord(tid, raw.split(b"\0", 1)[0].decode("utf-8", "replace"))

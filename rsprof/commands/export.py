@@ -22,6 +22,7 @@ from rsprof.export.speedscope import write_speedscope
 from rsprof.export.stacks import CPU, HEAP, StackSet, load_cpu_stacks, load_heap_stacks
 from rsprof.report.cpu import build_cpu_report
 from rsprof.report.heap import build_heap_report
+from rsprof.report.profile_summary import ProfileSummary
 from rsprof.report.render import render_csv, render_json
 from rsprof.report.selection import Selection, parse_selection
 from rsprof.report.tables import (
@@ -50,12 +51,18 @@ def guess_format(out: str) -> str:
                      f"({', '.join(FORMATS)})")
 
 
-def _value_index(sset: StackSet, live: bool) -> int:
-    """What folded stacks, flame graphs and speedscope weigh: CPU samples; heap bytes
-    allocated, or live bytes with --live."""
+def _value_index(sset: StackSet, live: bool, fmt: str = "") -> int:
+    """What folded stacks, flame graphs and speedscope weigh: CPU samples (speedscope,
+    which shows times: the nanoseconds of CPU they stand for); heap bytes allocated,
+    or live bytes with --live."""
     if sset.kind == CPU:
-        return sset.value_index("samples")
+        return sset.value_index("cpu" if fmt == "speedscope" else "samples")
     return sset.value_index("inuse_space" if live else "alloc_space")
+
+
+def _warn_partial(summary: ProfileSummary) -> None:
+    if summary.heap_partial:
+        click.echo(f"rsprof: warning: {summary.heap_partial}", err=True)
 
 
 def _write_text(out: str, produce: Callable[[TextIO], None]) -> None:
@@ -126,6 +133,16 @@ def export_command(profile: Path | None, out: str, fmt: str | None, kind: str, l
     fmt = fmt or guess_format(out)
     if live and kind != HEAP:
         raise UsageError("--live goes with --kind heap")
+    # Options that a format would silently ignore are refused instead.
+    if live and fmt not in ("folded", "svg", "speedscope"):
+        raise UsageError(f"--live goes with folded, svg or speedscope, not {fmt}"
+                         f" ({fmt} holds live and allocated bytes both)")
+    if limit is not None and fmt not in ("json", "csv"):
+        raise UsageError(f"-n/--limit goes with json or csv, not {fmt}"
+                         " (whole stacks are never cut)")
+    if include_internal and fmt not in ("json", "csv"):
+        raise UsageError(f"--include-internal goes with json or csv, not {fmt}"
+                         " (whole stacks keep every frame)")
     path = resolve_profile(profile)
     selection = parse_selection(since, until, threads)
     conn = open_readonly(path)
@@ -136,8 +153,14 @@ def export_command(profile: Path | None, out: str, fmt: str | None, kind: str, l
         sset = (load_cpu_stacks if kind == CPU else load_heap_stacks)(conn, selection)
     finally:
         conn.close()
-    index = _value_index(sset, live)
+    index = _value_index(sset, live, fmt)
     title = f"{sset.summary.process_name} (pid {sset.summary.pid}) {kind}"
+    if kind == HEAP and sset.summary.heap_partial:
+        # Never silently partial: svg and speedscope say it in their title, pprof in a
+        # comment; folded stacks cannot carry it: stderr says it for every format.
+        from_s = sset.summary.heap_partial_from_s
+        title += " [PARTIAL" + (f" from {from_s:.1f}s]" if from_s is not None else "]")
+        _warn_partial(sset.summary)
     if fmt == "folded":
         _write_text(out, lambda fh: write_folded(sset, fh, index))
     elif fmt == "svg":
@@ -162,6 +185,7 @@ def _export_table(conn: sqlite3.Connection, path: Path, out: str, fmt: str, kind
         return
     heap = build_heap_report(conn, include_internal=include_internal, selection=selection)
     heap_rows = heap.rows[:limit]
+    _warn_partial(heap.summary)  # json also has it in its summary; csv cannot carry it
     if fmt == "json":
         hdoc = heap_document(path, heap, heap_rows, include_internal, selection)
         _write_text(out, lambda fh: render_json(fh, hdoc))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from rsprof.attribution import RSPROF_FUNCTION
 from rsprof.commands.options import report_options, selection_options
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
@@ -42,8 +43,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     """Functions by self CPU %, with total (inclusive) % and file:line.
 
     Samples are charged to the innermost frame of the user's own code (not the
-    Rust standard library, registry dependencies, libc or rsprof); see
-    docs/attribution.md.
+    Rust standard library, registry dependencies, libc or rsprof); time spent in
+    rsprof's own hooks is one row, [rsprof]; see docs/attribution.md.
     """
     path = resolve_profile(profile)
     selection = parse_selection(since, until, threads)
@@ -70,12 +71,18 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
         render_csv(out, CPU_CSV_HEADERS, cpu_csv_rows(rows))
         return
     c = s.counters
+    estimated = (" (estimated from the rate: recorded without sample periods)"
+                 if report.ns_estimated else "")
     out.write(
         f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
-        f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source})\n"
+        f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source}), "
+        f"{report.total_ns / 1e9:.2f}s of CPU{estimated}\n"
         f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
         f"broken stacks {c['broken_stacks']}, unresolved addresses "
-        f"{c['unresolved_addresses']}\n")
+        f"{c['unresolved_addresses']}\n"
+        f"rsprof's own overhead {report.rsprof_percent:.1f} % ({report.rsprof_samples} samples"
+        f" in its hooks and sampler inside the program"
+        f"{f', row {RSPROF_FUNCTION}' if report.rsprof_samples else ''})\n")
     if not selection.everything:
         out.write(f"selection: {selection.describe()}\n")
     if c["malformed_records"] or c["other_process_samples"]:
@@ -111,7 +118,9 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
     if as_json:
         render_json(out, heap_document(path, report, rows, include_internal, selection))
         return
-    if as_csv:
+    if as_csv:  # rows only: the warning goes to stderr (JSON has it in its summary)
+        if s.heap_partial:
+            click.echo(f"rsprof: warning: {s.heap_partial}", err=True)
         render_csv(out, HEAP_CSV_HEADERS, heap_csv_rows(rows))
         return
     out.write(
@@ -123,6 +132,8 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
         f"malformed {c['heap_malformed']}\n")
     if s.heap_not_seen:
         out.write(f"warning: heap not seen: {s.heap_not_seen}\n")
+    if s.heap_partial:
+        out.write(f"warning: {s.heap_partial}\n")
     if not selection.everything:
         out.write(f"selection: {selection.describe()} (live: at its end)\n")
     out.write("\n")

@@ -8,18 +8,28 @@ What goes where:
   - sample_type: the StackSet's value types; default_sample_type "cpu" for
     CPU profiles and "inuse_space" for heap profiles.
   - Sample: one per WeightedStack, location ids leaf first, its values, and
-    for CPU a string label "thread" (the thread's name, or its tid).
+    for CPU a string label "thread" (the thread's name, or its tid). CPU
+    nanoseconds are what the samples stand for, each its own period (a
+    self-sampler signal at the kernel tick stands for several timer
+    intervals); a profile recorded without periods gets samples * 1e9 / Hz and
+    a comment that says it is an estimate.
   - Location: one per sampled address, with the address as unsigned 64-bit
     and one Line per frame of its chain, innermost (inlined) first and the
     real function last, as pprof expects.
-  - Function: one per distinct (function, file).
-  - Mapping: one per module (per load address, if `--append` recordings
-    loaded it at different places); mapping[0] is the main executable.
-    memory_start is the module's load bias (address - rel_address, so
-    address - memory_start + file_offset is the ELF address rsprof
-    symbolized), memory_limit just past the highest sampled address.
-    Symbols are already resolved, so has_functions etc. tell pprof not to
-    symbolize again.
+  - Function: one per distinct (function, file). `name` is rsprof's demangled
+    name; `system_name` is left empty (the profile keeps no mangled names): a
+    system_name equal to the name makes pprof take it for a mangled one it
+    cannot demangle and shorten it, so every `<T as Display>::fmt` became
+    `::fmt`, one function.
+  - Mapping: one per executable mapping that holds a sampled address, as
+    /proc/PID/maps had it (memory_start, memory_limit, file_offset, the file
+    and its build id; per recording with `--append`); mapping[0] is the main
+    executable. So `go tool pprof -symbolize=local:force` re-symbolizes the
+    same functions from the file. Symbols are already resolved, so
+    has_functions etc. tell pprof not to symbolize again. A profile recorded
+    before mappings were stored gets one per module and load bias instead
+    (memory_start = address - rel_address, file_offset 0, memory_limit just
+    past the highest sampled address).
 
 The output is deterministic: the same StackSet gives the same bytes (the
 gzip header carries no time stamp or file name).
@@ -82,7 +92,9 @@ class _Strings:
 class _Mapping:
     module: str
     build_id: str
-    bias: int
+    bias: int               # memory_start (no stored mapping: the load bias)
+    limit: int = 0          # memory_limit of a stored mapping (0: none stored)
+    file_offset: int = 0
     low: int = _U64
     high: int = 0
     has_functions: bool = False
@@ -110,14 +122,18 @@ def _is_main(module: str, sset: StackSet) -> bool:
 
 def _mappings(sset: StackSet, locations: list[Location]) -> dict[int, _Mapping]:
     """Location id (rsprof's) -> its mapping, ids assigned (main executable first)."""
-    by_key: dict[tuple[str, str, int], _Mapping] = {}
+    by_key: dict[tuple[str, str, int, int, int], _Mapping] = {}
     of_location: dict[int, _Mapping] = {}
     for loc in locations:
         address = _unsigned(loc.address)
-        bias = (address - loc.rel_address) & _U64
-        m = by_key.get((loc.module, loc.build_id, bias))
+        if loc.mapping is not None:  # as /proc/PID/maps had it
+            key = (loc.module, loc.build_id, loc.mapping.start, loc.mapping.end,
+                   loc.mapping.file_offset)
+        else:  # an older profile: the load bias
+            key = (loc.module, loc.build_id, (address - loc.rel_address) & _U64, 0, 0)
+        m = by_key.get(key)
         if m is None:
-            m = by_key[(loc.module, loc.build_id, bias)] = _Mapping(loc.module, loc.build_id, bias)
+            m = by_key[key] = _Mapping(*key)
         m.low = min(m.low, address)
         m.high = max(m.high, address)
         m.has_functions |= any(_resolved(f) for f in loc.frames)
@@ -163,10 +179,10 @@ def encode_profile(sset: StackSet) -> bytes:
         fid = functions.get((name, file))
         if fid is None:
             fid = functions[(name, file)] = len(functions) + 1
+            # No system_name: rsprof keeps no mangled names (see the module doc).
             function_msgs.append(Message()
                                  .uint64(_FUNCTION_ID, fid)
                                  .int64(_FUNCTION_NAME, strings(name))
-                                 .int64(_FUNCTION_SYSTEM_NAME, strings(name))
                                  .int64(_FUNCTION_FILENAME, strings(file)))
         return fid
 
@@ -206,12 +222,15 @@ def encode_profile(sset: StackSet) -> bytes:
         profile.message(_PROFILE_SAMPLE, sample)
 
     for m in sorted({m.id: m for m in mapping_of.values()}.values(), key=lambda m: m.id):
-        start = m.bias if m.bias <= m.low else 0
+        if m.limit:
+            start, limit = m.bias, m.limit
+        else:
+            start, limit = (m.bias if m.bias <= m.low else 0), min(m.high + 1, _U64)
         profile.message(_PROFILE_MAPPING, Message()
                         .uint64(_MAPPING_ID, m.id)
                         .uint64(_MAPPING_START, start)
-                        .uint64(_MAPPING_LIMIT, min(m.high + 1, _U64))
-                        .uint64(_MAPPING_OFFSET, 0)
+                        .uint64(_MAPPING_LIMIT, limit)
+                        .uint64(_MAPPING_OFFSET, m.file_offset)
                         .int64(_MAPPING_FILENAME, strings(m.module))
                         .int64(_MAPPING_BUILD_ID, strings(m.build_id))
                         .flag(_MAPPING_HAS_FUNCTIONS, m.has_functions)
@@ -228,7 +247,10 @@ def encode_profile(sset: StackSet) -> bytes:
     profile.int64(_PROFILE_TIME_NANOS, _nanoseconds(summary.start_time))
     profile.int64(_PROFILE_DURATION_NANOS, round(summary.duration_s * 1e9))
     if sset.kind == CPU:
-        period_type, period = ("cpu", "nanoseconds"), sset.period_ns
+        # The mean CPU time a sample stands for (the nominal 1e9 / Hz without samples).
+        samples, ns = sset.totals[:2] if len(sset.totals) >= 2 else (0, 0)
+        period_type = ("cpu", "nanoseconds")
+        period = round(ns / samples) if samples else sset.period_ns
     else:
         period_type, period = ("space", "bytes"), 1  # exact: every allocation counted
     profile.message(_PROFILE_PERIOD_TYPE, Message()
@@ -239,6 +261,11 @@ def encode_profile(sset: StackSet) -> bytes:
                 f"{summary.cmdline or summary.process_name}"]
     if not sset.selection.everything:
         comments.append(f"selection: {sset.selection.describe()}")
+    if sset.kind != CPU and summary.heap_partial:  # never silently partial
+        comments.append(summary.heap_partial)
+    if sset.kind == CPU and sset.cpu_estimated:
+        comments.append("cpu nanoseconds estimated as samples * 1e9 / rate: recorded without "
+                        "sample periods (wrong where the sampler could not keep the rate)")
     profile.packed(_PROFILE_COMMENT, [strings(c) for c in comments])
     default = DEFAULT_SAMPLE_TYPE.get(sset.kind, "inuse_space")
     if any(t == default for t, _ in sset.value_types):

@@ -35,6 +35,27 @@ def is_alive(pid: int) -> bool:
     return state not in ("Z", "X", "")
 
 
+def process_identity(pid: int) -> str:
+    """"<boot id> <pid> <start time>" of a living process, "" if there is none: unlike
+    the pid alone, never the identity of another process (a recycled pid starts at
+    another time; a reboot changes the boot id)."""
+    stat = _read(f"/proc/{pid}/stat")
+    boot = (_read("/proc/sys/kernel/random/boot_id") or "").strip()
+    if stat is None or not boot:
+        return ""
+    fields = stat[stat.rfind(")") + 2:].split()
+    # After the command name: state is field 3 of stat(5), starttime field 22.
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return ""
+    return f"{boot} {pid} {fields[19]}"
+
+
+def identity_alive(identity: str) -> bool:
+    """Whether the process of a `process_identity` still runs."""
+    parts = identity.split()
+    return len(parts) == 3 and parts[1].isdigit() and process_identity(int(parts[1])) == identity
+
+
 def process_info(pid: int) -> ProcessInfo:
     if pid <= 0:
         raise UsageError(f"bad pid {pid}")

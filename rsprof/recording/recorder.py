@@ -29,12 +29,16 @@ from rsprof.recording.process import (
     catches_signal,
     describe_exit,
     is_alive,
+    process_identity,
     thread_name,
 )
 from rsprof.report.heap import human_bytes
+from rsprof.report.profile_summary import partial_text
 from rsprof.storage.writer import ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
 from rsprof.symbols.resolver import Symbolizer
+
+STACK_CHUNK = 8192  # new stacks symbolized and stored at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,12 @@ class RecordResult:
 def _set_code_ranges(decoder: _ring.PerfDecoder, code: CodeMap, symbolizer: Symbolizer) -> None:
     """Tell the decoder where code is, which keeps no frame pointers, and its bytes."""
     decoder.set_code_ranges(code.ranges(symbolizer.mappings))
+
+
+def _set_code_facts(decoder: _ring.PerfDecoder, code: CodeMap, symbolizer: Symbolizer) -> None:
+    """Function bounds and call slots: what recovered return addresses are checked
+    against (docs/attribution.md)."""
+    decoder.set_code_facts(*code.facts(symbolizer.mappings))
 
 
 def _build_id_of(pid: int) -> str | None:
@@ -101,9 +111,19 @@ class Recorder:
         self._heap_drained_ns = 0  # when the previous drain read the ring
         self._heap_interval = 0  # the interval the decoder's pending changes belong to
         self._heap_batches: list[tuple[int, list[_ring.SiteTotals]]] = []  # for _flush
-        self.code_map = CodeMap(target.pid)
+        self.code_map = CodeMap(target.pid, target.executable)
         self.started = threading.Event()  # set once the profile holds the recording
         self.heap_not_seen = ""  # why the heap shim saw nothing (own_allocator.py)
+        # Never silently partial: the shim's `dropped` counter when we attached (-p:
+        # drops of earlier sessions are not this recording's), and the last drain that
+        # found no new drop: (monotonic ns, records decoded by then). The first drain
+        # that finds one makes the profile partial from that earlier moment on.
+        self._dropped_base = 0
+        self._waits_base = 0
+        self._no_drop_seen = (0, 0)
+        self._start_offset_s = 0.0  # this recording's start, from the profile's start
+        self.heap_partial: tuple[float, int, int] | None = None  # (from_s, after, dropped)
+        self.heap_shim_stopped = False  # the shim gave up (STOPPED): nothing more is counted
 
     def _alive(self) -> bool:
         if self.child is not None:
@@ -126,7 +146,19 @@ class Recorder:
                 self._heap_batches.append((self._heap_interval, changed))
             self._heap_interval = interval
         self._heap_drained_ns = now_ns
-        return self.heap.ring.drain(self.heap_decoder)
+        drained = self.heap.ring.drain(self.heap_decoder)
+        if self.heap_partial is None:
+            h = self.heap_decoder
+            checked_ns = time.monotonic_ns()
+            stopped = self.heap.ring.state == _ring.STATE_STOPPED
+            self.heap_shim_stopped |= stopped
+            if int(self.heap.ring.counters()["dropped"]) > self._dropped_base or stopped:
+                since_ns, after = self._no_drop_seen
+                self.heap_partial = ((since_ns - self._start_ns) / 1e9 + self._start_offset_s,
+                                     after, 0)
+            else:
+                self._no_drop_seen = (checked_ns, h.alloc_records + h.free_records)
+        return drained
 
     def request_stop(self, reason: str = "interrupted") -> None:
         if self._stop_reason is None:
@@ -199,7 +231,18 @@ class Recorder:
             self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
             self.heap.ring.attach(os.getpid(), self_hz)
             self._wake_sampler()
+            if self.child is None:  # -p: what earlier sessions dropped is not ours
+                shim = self.heap.ring.counters()
+                self._dropped_base, self._waits_base = int(shim["dropped"]), int(shim["waits"])
+            writer.set_meta_once({"heap_partial_from_s": "", "heap_partial_after_records": "",
+                                  "heap_shim_stopped": ""})
+        # Who records, so that a reader of the file can tell a recording in progress
+        # from one whose rsprof died (docs/schema.md: recorder_process).
+        writer.set_meta({"recorder_process": process_identity(os.getpid())})
+        writer.commit()
         self._start_ns = self._heap_drained_ns = start_ns
+        self._no_drop_seen = (start_ns, 0)
+        self._start_offset_s = start_wall - writer.profile_start_time
         self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
         if self.heap_decoder is not None and self.cpu_source == "self":
@@ -208,6 +251,7 @@ class Recorder:
         if self.heap is not None:
             # `rsprof run`: the program waited in its start-up while we read its maps.
             self.heap.ring.open_start_gate()
+        _set_code_facts(decoder, self.code_map, symbolizer)  # before the first drain
         for tid in session.attached_tids:
             writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
         for warning in symbolizer.warnings:
@@ -322,17 +366,23 @@ class Recorder:
                 writer.set_thread_name(tid, name)
             elif kind == "fork" and tid not in writer.thread_names():
                 writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
-        new_stacks = stacks.take_new()
-        wanted = {a for _, frames in new_stacks for a in frames if not writer.known_address(a)}
-        if wanted:
-            resolved = symbolizer.resolve(wanted)
-            unknown = [a for a, r in resolved.items() if r.module == "[unknown]"]
-            if unknown and is_alive(pid):
-                symbolizer.refresh_maps()
-                _set_code_ranges(decoder, self.code_map, symbolizer)
-                resolved.update(symbolizer.resolve(unknown))
-            writer.add_addresses(resolved)
-        writer.add_stacks(new_stacks)
+        # New stacks in chunks: rsprof's memory stays bounded however many stacks an
+        # interval brings (binary-trees: 131 k at once), and the heap ring is drained
+        # between chunks, so a long flush does not keep a program waiting for space.
+        while new_stacks := stacks.take_new(STACK_CHUNK):
+            wanted = writer.unknown_addresses(new_stacks)
+            if wanted:
+                resolved = symbolizer.resolve(wanted)
+                unknown = [a for a, r in resolved.items() if r.module == "[unknown]"]
+                if unknown and is_alive(pid):
+                    symbolizer.refresh_maps()
+                    _set_code_ranges(decoder, self.code_map, symbolizer)
+                    _set_code_facts(decoder, self.code_map, symbolizer)
+                    resolved.update(symbolizer.resolve(unknown))
+                writer.add_addresses(resolved)
+            writer.add_stacks(new_stacks)
+            del new_stacks
+            self._drain_heap()
         if self.heap is not None and self.heap_decoder is not None:
             for interval, changed in self._heap_batches:  # oldest first
                 writer.add_heap_sites(interval, changed)
@@ -342,7 +392,7 @@ class Recorder:
                 writer.set_thread_name(tid, name)
             self._heap_counters(writer)
         counts = decoder.take_counts()
-        for _iv, tid, _sid, _n in counts:
+        for _iv, tid, _sid, _n, _ns in counts:
             if tid not in writer.thread_names():
                 writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
         writer.add_cpu_counts(counts)
@@ -368,10 +418,20 @@ class Recorder:
         c.heap_unknown_stacks = h.unknown_stack_allocs
         c.heap_replaced_live = h.replaced_live
         c.heap_malformed = h.malformed + self.heap.ring.malformed
-        c.heap_dropped = int(shim["dropped"])
+        c.heap_dropped = max(0, int(shim["dropped"]) - self._dropped_base)
         c.heap_raw_stacks = int(shim["raw_stacks"])
         c.heap_truncated_stacks = int(shim["truncated"])
-        c.heap_waits = int(shim["waits"])
+        c.heap_waits = max(0, int(shim["waits"]) - self._waits_base)
+        if self.heap_partial is not None:
+            from_s, after, _ = self.heap_partial
+            self.heap_partial = (from_s, after, c.heap_dropped)
+            writer.set_meta_once({"heap_partial_from_s": round(from_s, 3),
+                                  "heap_partial_after_records": after})
+        # STOPPED: the shim took us for gone (an older shim's timeout, or a region
+        # without a reader pid); from then on it neither records nor counts.
+        self.heap_shim_stopped |= self.heap.ring.state == _ring.STATE_STOPPED
+        if self.heap_shim_stopped:
+            writer.set_meta({"heap_shim_stopped": 1})
 
     def _progress(self, elapsed: float, decoder: _ring.PerfDecoder,
                   writer: ProfileWriter) -> None:
@@ -410,4 +470,7 @@ class Recorder:
             f"used {self.own_cpu_s:.2f}s CPU, {self.own_max_rss_kb // 1024} MB\n")
         if self.heap_not_seen:
             self.status.write(f"rsprof: warning: heap not seen: {self.heap_not_seen}\n")
+        if self.heap_partial is not None:
+            text = partial_text(*self.heap_partial, stopped=self.heap_shim_stopped)
+            self.status.write(f"rsprof: warning: {text}\n")
         self.status.flush()

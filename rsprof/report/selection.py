@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rsprof.duration import parse_duration
 from rsprof.errors import UsageError
+from rsprof.storage.schema import has_column
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +86,22 @@ def _thread_filter(conn: sqlite3.Connection, sel: Selection) -> tuple[str, list[
     return "(" + " OR ".join(conds) + ")", params
 
 
+def cpu_ns_sql(conn: sqlite3.Connection) -> tuple[str, str]:
+    """SQL of the nanoseconds of CPU a cpu_counts row (c, of recording r) stands for,
+    and of whether that is an estimate: rows recorded before rsprof stored each
+    sample's period (cpu_counts.ns NULL, or no such column) count 1e9 / cpu_freq ns
+    per sample, which is wrong wherever the sampling rate was not what was asked for
+    (the self-sampler's CPU-time timers fire at most at the kernel tick)."""
+    estimate = "c.samples * CAST(ROUND(1e9 / MAX(r.cpu_freq, 1)) AS INTEGER)"
+    if not has_column(conn, "cpu_counts", "ns"):
+        return estimate, "1"
+    return f"COALESCE(c.ns, {estimate})", "c.ns IS NULL"
+
+
 def selected_cpu_counts(conn: sqlite3.Connection, sel: Selection) -> tuple[str, list[object]]:
     """A query of the selected cpu_counts rows: (recording_id, interval, tid, stack_id,
-    samples)."""
+    samples, ns, estimated): ns the nanoseconds of CPU they stand for, estimated 1
+    when that was computed from the sampling frequency (see cpu_ns_sql)."""
     conds: list[str] = []
     params: list[object] = []
     if sel.since_s is not None:
@@ -101,7 +115,9 @@ def selected_cpu_counts(conn: sqlite3.Connection, sel: Selection) -> tuple[str, 
         conds.append(cond)
         params += tparams
     where = (" WHERE " + " AND ".join(conds)) if conds else ""
-    return ("SELECT c.recording_id, c.interval, c.tid, c.stack_id, c.samples"
+    ns, estimated = cpu_ns_sql(conn)
+    return ("SELECT c.recording_id, c.interval, c.tid, c.stack_id, c.samples,"
+            f" {ns} AS ns, {estimated} AS estimated"
             " FROM cpu_counts c JOIN recordings r ON r.id = c.recording_id" + where), params
 
 

@@ -27,11 +27,17 @@ def cpu_document(path: Path, report: CpuReport, rows: Sequence[CpuRow], include_
     return {
         "profile": str(path), "summary": report.summary.as_dict(),
         "selection": _selection_doc(selection), "total_samples": report.total_samples,
+        # The CPU time the samples stand for (each its own period); estimated from
+        # samples / frequency for a profile recorded without periods.
+        "total_cpu_s": round(report.total_ns / 1e9, 6), "cpu_s_estimated": report.ns_estimated,
         "attribution": "leaf" if include_internal else "user",
+        # rsprof's own time in the target (its heap hooks and sampler): the [rsprof] row
+        "rsprof_samples": report.rsprof_samples,
+        "rsprof_percent": round(report.rsprof_percent, 2),
         "functions": [{
             "function": r.function, "module": r.module, "file": r.file, "line": r.line,
             "self_samples": r.self_samples, "total_samples": r.total_samples,
-            "self_percent": round(r.self_percent, 2),
+            "self_percent": round(r.self_percent, 2), "self_cpu_s": round(r.self_ns / 1e9, 6),
             "total_percent": round(r.total_percent, 2),
         } for r in rows],
     }

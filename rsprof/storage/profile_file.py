@@ -65,7 +65,8 @@ def open_readonly(path: Path) -> sqlite3.Connection:
 
     A file of an older schema version gets this version's views as TEMP views
     (they live in the connection, never in the file, and shadow the file's own
-    views of the same names), so its queries read as docs/schema.md says."""
+    views of the same names), so its queries read as docs/schema.md says. So does a
+    file of this version written before a view gained a column (heap_samples.partial)."""
     check_is_sqlite(path)
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
@@ -73,7 +74,8 @@ def open_readonly(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = 1")
     except sqlite3.Error as exc:
         raise ProfileError(f"cannot open {path}: {exc}") from None
-    if check_schema(conn, path) < SCHEMA_VERSION:
+    if check_schema(conn, path) < SCHEMA_VERSION or not any(
+            row[1] == "partial" for row in conn.execute("PRAGMA table_info(heap_samples)")):
         try:
             conn.execute("PRAGMA query_only = 0")  # TEMP views only: the file is mode=ro
             conn.executescript(TEMP_VIEWS)

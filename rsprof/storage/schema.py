@@ -6,9 +6,13 @@ docs/schema.md documents every table and view here; keep them in step.
 from __future__ import annotations
 
 import re
+import sqlite3
 
 # 2: heap_samples, heap_timeline, cpu_samples and cpu_leaf_samples have one row per
 # charged site; the per-stack rows moved to heap_stacks, heap_stack_timeline, cpu_stacks.
+# Later additions within version 2 (an older rsprof reads such a file and ignores them;
+# this one reads files without them): cpu_counts.ns, the mappings table
+# (ADDED_COLUMNS, and CREATE TABLE IF NOT EXISTS).
 SCHEMA_VERSION = 2
 
 TABLES = """
@@ -124,9 +128,33 @@ CREATE TABLE IF NOT EXISTS cpu_counts (
     tid          INTEGER NOT NULL,
     stack_id     INTEGER NOT NULL REFERENCES stacks(id),
     samples      INTEGER NOT NULL,
+    ns           INTEGER,
     PRIMARY KEY (recording_id, interval, tid, stack_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mappings (
+    recording_id  INTEGER NOT NULL REFERENCES recordings(id),
+    module_id     INTEGER NOT NULL REFERENCES modules(id),
+    start_address INTEGER NOT NULL,
+    end_address   INTEGER NOT NULL,
+    file_offset   INTEGER NOT NULL,
+    PRIMARY KEY (recording_id, module_id, start_address)
+) WITHOUT ROWID;
 """
+
+# Columns added to existing tables within a schema version: a writer appending to an
+# older file adds them (NULL in its older rows); readers check with has_column().
+ADDED_COLUMNS = (("cpu_counts", "ns", "INTEGER"),)
+
+
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """Whether the file's `table` has `column` (an older file may lack an added one)."""
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def has_table(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (table,)).fetchone() is not None
+
 
 VIEWS_TEMPLATE = """
 {cpu_sample_views}CREATE VIEW IF NOT EXISTS cpu_functions AS
@@ -152,8 +180,10 @@ SELECT f.function AS function,
        SUM(h.live_bytes) AS live_bytes,
        m.path AS module,
        COUNT(*) AS stacks,
-       h.recording_id AS recording_id
+       h.recording_id AS recording_id,
+       {heap_partial} AS partial
 FROM heap_sites h
+JOIN recordings r ON r.id = h.recording_id
 JOIN stacks s ON s.id = h.stack_id
 JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id
@@ -171,8 +201,10 @@ SELECT f.function AS function,
        h.peak_live_bytes AS peak_live_bytes,
        m.path AS module,
        h.stack_id AS stack_id,
-       h.recording_id AS recording_id
+       h.recording_id AS recording_id,
+       {heap_partial} AS partial
 FROM heap_sites h
+JOIN recordings r ON r.id = h.recording_id
 JOIN stacks s ON s.id = h.stack_id
 JOIN frames f ON f.id = s.user_frame_id
 JOIN modules m ON m.id = f.module_id;
@@ -303,7 +335,13 @@ _INTERVAL_TIME = """strftime('%Y-%m-%d %H:%M:%S', r.start_time + c.interval * r.
        round(r.start_time + c.interval * r.interval_s
              - (SELECT min(start_time) FROM recordings), 3) AS elapsed_s,"""
 
-VIEWS = VIEWS_TEMPLATE.replace("{cpu_sample_views}", "\n".join(
+# 1 when a recording's heap totals may be incomplete (docs/schema.md, `partial`): the
+# shim dropped records, or the recording never finished (still being recorded, or its
+# rsprof was killed).
+_HEAP_PARTIAL = "(r.heap_dropped > 0 OR COALESCE(r.end_reason, 'recording') = 'recording')"
+
+VIEWS = VIEWS_TEMPLATE.replace("{heap_partial}", _HEAP_PARTIAL)
+VIEWS = VIEWS.replace("{cpu_sample_views}", "\n".join(
     _CPU_SAMPLES_VIEW.replace("{interval_time}", _INTERVAL_TIME).format(
         name=name, frame_column=column) + "\n"
     for name, column in (("cpu_samples", "user_frame_id"), ("cpu_leaf_samples", "leaf_frame_id"))

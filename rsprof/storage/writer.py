@@ -8,20 +8,30 @@ to a single-file journal so a finished profile is one file.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import posixpath
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import lz4.block
 
 from rsprof import __version__
 from rsprof._unwind import pack_u32
-from rsprof.attribution import charged_index, is_internal
+from rsprof.attribution import Attributor, is_internal
 from rsprof.errors import ProfileError
 from rsprof.storage.profile_file import check_is_sqlite, check_schema, create_private
-from rsprof.storage.schema import DROP_VIEWS, SCHEMA_VERSION, TABLES, VIEWS
+from rsprof.storage.schema import (
+    ADDED_COLUMNS,
+    DROP_VIEWS,
+    SCHEMA_VERSION,
+    TABLES,
+    VIEWS,
+    has_column,
+)
 from rsprof.symbols.model import Frame, ResolvedAddress
 
 
@@ -100,6 +110,26 @@ def decompress_ids(blob: bytes) -> list[int]:
     return list(memoryview(raw).cast("I"))
 
 
+@overload
+def canonical_path(path: str) -> str: ...
+@overload
+def canonical_path(path: str | None) -> str | None: ...
+def canonical_path(path: str | None) -> str | None:
+    """The one spelling of a module or source file path in a profile.
+
+    Every path the writer stores goes through here, whichever reader produced it:
+    the cold DWARF reader joins directory and file names as the line table has
+    them (`./nptl/./nptl/pthread_create.c`, `library/std/src/../../backtrace/...`),
+    SymCache cleans them (`nptl/nptl/pthread_create.c`, `library/backtrace/...`).
+    Lexical only (no symlinks resolved): the files need not exist here, and the
+    same path must give the same spelling on every machine and every run, so an
+    `--append` of a warm run finds the frames of a cold one.
+    """
+    if not path or path.startswith("["):  # none, or [vdso], [unknown]
+        return path
+    return posixpath.normpath(path)
+
+
 # What a stack with no frames at all (the shim could not walk any) is charged to.
 NO_STACK_FRAME = Frame("[no stack]", None, None, "[unknown]", False, False)
 
@@ -127,6 +157,10 @@ class ProfileWriter:
         try:
             # Views are recreated: an appended older file gets this version's views.
             self.conn.executescript("BEGIN;" + TABLES + DROP_VIEWS + VIEWS + "COMMIT;")
+            # And the columns added since it was written (NULL in its rows).
+            for table, column, decl in ADDED_COLUMNS:
+                if not has_column(self.conn, table, column):
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         except sqlite3.DatabaseError as exc:
             raise ProfileError(f"{path} is corrupt or not a profile: {exc}") from None
         self.conn.execute("BEGIN")
@@ -134,11 +168,19 @@ class ProfileWriter:
         self._modules: dict[tuple[str, str | None], int] = {}
         self._module_by_path: dict[str, int] = {}
         self._frames: dict[tuple[str, str | None, int | None, int], tuple[int, bool]] = {}
+        self._frame_ids: dict[Frame, tuple[int, bool]] = {}
         self._addresses: dict[int, int] = {}  # absolute lookup address -> address id
         self._address_frames: dict[int, list[Frame]] = {}
         self._stack_ids: dict[int, int] = {}  # recorder stack id -> stored stack id
         self._threads: dict[int, str] = {}
+        self._mappings: set[tuple[int, int]] = set()  # (module id, start) stored
+        # The profiled executable's module paths (its path, and any module with its
+        # build-id), which the attribution rule needs wherever it is installed.
+        self._executable: set[str] = set()
+        self._executable_build_id: str | None = None
+        self._attribution = Attributor(self._executable)
         self.recording_id = 0
+        self.profile_start_time = 0.0
         self.counters = RecordingCounters()
 
     # -- recording lifecycle -------------------------------------------------
@@ -153,7 +195,13 @@ class ProfileWriter:
              info.heap_source),
         )
         self.recording_id = int(cur.lastrowid or 0)
+        self._executable = set()
+        if info.executable:
+            self._executable.add(info.executable.removesuffix(" (deleted)"))
+        self._executable_build_id = info.build_id or None
+        self._attribution = Attributor(self._executable)
         first = self.conn.execute("SELECT min(start_time) FROM recordings").fetchone()[0]
+        self.profile_start_time = float(first)  # `elapsed_s` 0: the first recording's start
         self._set_meta({
             "pid": info.pid, "process_name": info.process_name, "cmdline": info.cmdline,
             "executable": info.executable or "", "build_id": info.build_id or "",
@@ -200,10 +248,20 @@ class ProfileWriter:
     def known_address(self, address: int) -> bool:
         return address in self._addresses
 
+    def unknown_addresses(self, stacks: Iterable[tuple[int, list[int]]]) -> set[int]:
+        """The addresses of `stacks` not added yet (set operations: no Python loop)."""
+        every: set[int] = set(itertools.chain.from_iterable(f for _, f in stacks))
+        every.difference_update(self._addresses.keys())
+        return every
+
     def add_addresses(self, resolved: Mapping[int, ResolvedAddress]) -> None:
         for address, res in resolved.items():
             if address in self._addresses:
                 continue
+            if (res.build_id and res.build_id == self._executable_build_id
+                    and res.module not in self._executable):
+                self._executable.add(res.module)
+                self._attribution = Attributor(self._executable)  # verdicts may change
             module_id = self._module_id(res.module, res.build_id)
             cur = self.conn.execute(
                 "INSERT INTO addresses (recording_id, address, module_id, rel_address)"
@@ -212,6 +270,15 @@ class ProfileWriter:
             )
             address_id = int(cur.lastrowid or 0)
             self._addresses[address] = address_id
+            if res.mapping is not None and (module_id, res.mapping[0]) not in self._mappings:
+                # The mapping it lies in, as /proc/PID/maps has it (for pprof's Mapping).
+                self._mappings.add((module_id, res.mapping[0]))
+                start, end, offset = res.mapping
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO mappings (recording_id, module_id, start_address,"
+                    " end_address, file_offset) VALUES (?,?,?,?,?)",
+                    (self.recording_id, module_id, sql_u64(start), sql_u64(end),
+                     sql_u64(offset)))
             frames = list(res.frames) or [
                 Frame(f"{res.module}+0x{res.rel_address:x}", None, None, res.module, False, False)
             ]
@@ -224,6 +291,7 @@ class ProfileWriter:
             )
 
     def _module_id(self, path: str, build_id: str | None) -> int:
+        path = canonical_path(path)
         key = (path, build_id)
         mid = self._modules.get(key)
         if mid is None:
@@ -241,11 +309,18 @@ class ProfileWriter:
         return mid
 
     def _frame_id(self, frame: Frame) -> tuple[int, bool]:
-        module_id = self._module_by_path.get(frame.module) or self._module_id(frame.module, None)
-        key = (frame.function, frame.file, frame.line, module_id)
+        found = self._frame_ids.get(frame)  # the same Frame objects recur in many stacks
+        if found is None:
+            found = self._frame_ids[frame] = self._store_frame(frame)
+        return found
+
+    def _store_frame(self, frame: Frame) -> tuple[int, bool]:
+        module = canonical_path(frame.module)
+        module_id = self._module_by_path.get(module) or self._module_id(module, None)
+        key = (frame.function, canonical_path(frame.file), frame.line, module_id)
         found = self._frames.get(key)
         if found is None:
-            internal = is_internal(frame.function, frame.file, frame.module)
+            internal = is_internal(frame.function, key[1], frame.module, self._executable)
             self.conn.execute(
                 "INSERT OR IGNORE INTO frames (function, file, line, module_id, internal,"
                 " resolved) VALUES (?,?,?,?,?,?)",
@@ -265,16 +340,13 @@ class ProfileWriter:
     def add_stacks(self, new_stacks: Iterable[tuple[int, list[int]]]) -> None:
         """Store stacks interned by the recorder; every address must be added first."""
         rows = []
+        address_id = self._addresses.__getitem__
         for recorder_id, addresses in new_stacks:
-            address_ids = [self._addresses[a] for a in addresses]
-            logical: list[Frame] = []
-            for a in addresses:
-                logical.extend(self._address_frames[a])
-            if not logical:
-                logical = [NO_STACK_FRAME]
-            leaf = self._frame_id(logical[charged_index(logical, include_internal=True)])[0]
-            user = self._frame_id(logical[charged_index(logical)])[0]
-            rows.append((self.recording_id, len(addresses), compress_ids(address_ids), leaf, user,
+            charged = self._attribution.stack_frames(addresses, self._address_frames)
+            leaf_frame, user_frame = charged or (NO_STACK_FRAME, NO_STACK_FRAME)
+            rows.append((self.recording_id, len(addresses),
+                         compress_ids(list(map(address_id, addresses))),
+                         self._frame_id(leaf_frame)[0], self._frame_id(user_frame)[0],
                          recorder_id))
         for row in rows:
             cur = self.conn.execute(
@@ -284,14 +356,16 @@ class ProfileWriter:
             )
             self._stack_ids[row[5]] = int(cur.lastrowid or 0)
 
-    def add_cpu_counts(self, counts: Iterable[tuple[int, int, int, int]]) -> None:
-        """(interval, tid, recorder stack id, samples) rows; merged with what is stored."""
+    def add_cpu_counts(self, counts: Iterable[tuple[int, ...]]) -> None:
+        """(interval, tid, recorder stack id, samples, ns) rows, merged with what is
+        stored; ns (the nanoseconds of CPU the samples stand for) may be left out:
+        NULL, unknown."""
         self.conn.executemany(
-            "INSERT INTO cpu_counts (recording_id, interval, tid, stack_id, samples)"
-            " VALUES (?,?,?,?,?) ON CONFLICT (recording_id, interval, tid, stack_id)"
-            " DO UPDATE SET samples = samples + excluded.samples",
-            [(self.recording_id, iv, tid, self._stack_ids[sid], n)
-             for iv, tid, sid, n in counts],
+            "INSERT INTO cpu_counts (recording_id, interval, tid, stack_id, samples, ns)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (recording_id, interval, tid, stack_id)"
+            " DO UPDATE SET samples = samples + excluded.samples, ns = ns + excluded.ns",
+            [(self.recording_id, row[0], row[1], self._stack_ids[row[2]], row[3],
+              row[4] if len(row) > 4 else None) for row in counts],
         )
 
     def add_heap_sites(self, interval: int,
@@ -338,6 +412,15 @@ class ProfileWriter:
     def set_meta(self, values: Mapping[str, object]) -> None:
         """Extra facts about the recording (meta keys are documented in docs/schema.md)."""
         self._set_meta(values)
+
+    def set_meta_once(self, values: Mapping[str, object]) -> None:
+        """Set keys that are missing or empty; a value already there stays (the earliest
+        moment a profile became partial, over --append)."""
+        self.conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE meta.value = ''",
+            [(k, str(v)) for k, v in values.items()],
+        )
 
     def _set_meta(self, values: Mapping[str, object]) -> None:
         self.conn.executemany(

@@ -26,3 +26,5 @@ class ResolvedAddress:
     build_id: str | None  # hex GNU build-id of that module, if any
     rel_address: int  # address relative to the module's ELF vaddr space (what addr2line takes)
     frames: tuple[Frame, ...]  # innermost (deepest inline) first, the real function last
+    # The mapping it lies in, as /proc/PID/maps has it: (start, end, file offset of start).
+    mapping: tuple[int, int, int] | None = None

@@ -241,7 +241,8 @@ class Symbolizer:
             return ResolvedAddress(address, UNKNOWN_MODULE, None, address, (frame,))
         sym = self._symbols_for(mapping)
         rel = sym.rel_address(mapping.file_offset(address))
-        return ResolvedAddress(address, mapping.path, sym.build_id, rel, sym.frames(rel))
+        return ResolvedAddress(address, mapping.path, sym.build_id, rel, sym.frames(rel),
+                               segment_mapping(mapping, sym))
 
     def resolve(self, addresses: Iterable[int]) -> dict[int, ResolvedAddress]:
         """Resolve lookup addresses (return addresses already minus one)."""
@@ -263,6 +264,25 @@ class Symbolizer:
                     self._unresolved.discard(address)
             out[address] = res
         return out
+
+
+PAGE = 4096
+
+
+def segment_mapping(mapping: Mapping, sym: ObjectSymbols) -> tuple[int, int, int]:
+    """(start, end, file offset) of a mapping, for profile formats: /proc/PID/maps's,
+    except that a mapping whose first page begins before its PT_LOAD segment (a
+    segment at a file offset that is not page aligned, as lld lays out Rust
+    binaries) starts where the segment's first byte is mapped, at the segment's file
+    offset: the same address-to-file-offset map (x - start + offset), and `go tool
+    pprof`, whose ELF reader takes start minus the segment's address as the load
+    bias (and ignores the file offset), then reads the same addresses as addr2line."""
+    start, offset = mapping.start, mapping.offset
+    loads = sym.identity.loads if sym.identity is not None else ()
+    for seg in loads:
+        if offset < seg.offset < offset + PAGE and seg.offset < offset + mapping.end - start:
+            return start + seg.offset - offset, mapping.end, seg.offset
+    return start, mapping.end, offset
 
 
 def resolve_file_addresses(

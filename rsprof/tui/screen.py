@@ -64,6 +64,13 @@ def _header(snap: Snapshot, state: ViewState, width: int) -> Line:
     parts: Line = [("class:title", "rsprof"), ("", " "),
                    (f"class:badge.{badge.lower()}", f" {badge} "), ("", " ")]
     facts = [clock(snap.elapsed_s), f"samples {snap.samples:,}"]
+    if snap.heap_partial:  # first, so that a narrow screen still shows it
+        since = snap.heap_partial_from_s
+        facts.insert(1, "PARTIAL heap" + (f" from {clock(since)}" if since is not None else ""))
+    if snap.cpu_ns:  # the CPU time they stand for; "~": from the rate (an older profile)
+        facts.append(f"cpu {'~' if snap.cpu_estimated else ''}{snap.cpu_ns / 1e9:.1f}s")
+    if snap.rsprof_pct > 0:  # rsprof's own time in the program: the [rsprof] row
+        facts.append(f"rsprof overhead {snap.rsprof_pct:.1f}%")
     if snap.process_name or snap.pid:
         facts.append(f"{snap.process_name} (pid {snap.pid})")
     if snap.dropped:
@@ -148,6 +155,9 @@ def _table(snap: Snapshot, state: ViewState, width: int, height: int) -> list[Li
     noted = state.view != CPU and bool(snap.heap_not_seen)
     if noted:  # above the rows: they are not the program's heap
         note = _wrap("heap not seen: " + snap.heap_not_seen, width, max(1, (height - 1) // 2))
+        lines += [[("class:warning", text)] for text in note]
+    if state.view != CPU and snap.heap_partial:  # above the rows: they are incomplete
+        note = _wrap(snap.heap_partial, width, max(1, (height - len(lines)) // 2))
         lines += [[("class:warning", text)] for text in note]
     rows = state.rows(snap)
     body_h = max(0, height - len(lines))

@@ -19,9 +19,10 @@ class CpuRow:
     function: str
     location: str             # file:line of the function's most-sampled line
     samples: int              # over the whole profile
-    total_pct: float          # share of all samples
-    live_pct: float           # share of the last complete interval's samples
-    series: Mapping[int, float]  # interval -> percent of that interval's samples
+    total_pct: float          # share of all CPU time (what the samples stand for)
+    live_pct: float           # share of the last complete interval's CPU time
+    series: Mapping[int, float]  # interval -> percent of that interval's CPU time
+    cpu_ns: int = 0           # the nanoseconds of CPU its samples stand for
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +47,19 @@ class Snapshot:
     intervals: int            # intervals with data so far (series indices < intervals)
     dropped: int              # heap records the shim could not write
     lost: int                 # perf records the kernel dropped
-    # Rows in the default order: CPU by samples, memory by live then allocated bytes
+    # Rows in the default order: CPU by CPU time (then samples), memory by live then
+    # allocated bytes
     # (then function); the UI sorts only for the other columns.
     cpu_rows: tuple[CpuRow, ...] = ()
     mem_rows: tuple[MemRow, ...] = ()
     has_heap: bool = False
     message: str = ""         # e.g. why recording ended
     heap_not_seen: str = ""   # the program's own allocator hid its heap (own_allocator.py)
+    heap_partial: str = ""    # why the heap data is incomplete, "" when it is not
+    heap_partial_from_s: float | None = None  # since when (seconds from the start)
+    cpu_ns: int = 0           # the CPU time the samples stand for (their periods summed)
+    cpu_estimated: bool = False  # some of cpu_ns is samples / frequency (an older profile)
+    rsprof_pct: float = 0.0   # share of samples in rsprof's own code ([rsprof] row)
     version: int = 0          # bumped by the loader for every new snapshot
 
 

@@ -23,8 +23,8 @@ def _sort_key(view: str, column: str):  # type: ignore[no-untyped-def]
         return lambda r: (r.function, r.location)
     if view == CPU:
         if column == "Live %":
-            return lambda r: (-r.live_pct, -r.samples, r.function)
-        return lambda r: (-r.samples, r.function)
+            return lambda r: (-r.live_pct, -r.cpu_ns, -r.samples, r.function)
+        return lambda r: (-r.cpu_ns, -r.samples, r.function)
     if column == "Total allocated":
         return lambda r: (-r.alloc_bytes, r.function)
     if column == "Allocs":

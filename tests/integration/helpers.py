@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,13 @@ def build_trace_app(variant: str, *features: str) -> Path:
     env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
     subprocess.run(cmd, cwd=TRACE_APP_DIR, env=env, check=True)
     return target_dir / "release" / "trace_app"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    """Poll `predicate` every 50 ms until it holds; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")

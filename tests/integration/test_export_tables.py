@@ -161,7 +161,13 @@ def test_selection_applies_to_top_and_every_table_format(profiles: dict[str, Pat
     window = ("--since", "1s", "--until", "3s")
     speedscope = json.loads(run_rsprof("export", str(db), "-o", "-", "-f", "speedscope",
                                        *window, check=True).stdout)
-    assert sum(sum(p["weights"]) for p in speedscope["profiles"]) == expected
+    # In the nanoseconds of CPU the samples stand for.
+    assert {p["unit"] for p in speedscope["profiles"]} == {"nanoseconds"}
+    elapsed = ("round(r.start_time + c.interval * r.interval_s"
+               " - (SELECT min(start_time) FROM recordings), 3)")
+    window_ns = query(db, "SELECT SUM(c.ns) FROM cpu_counts c JOIN recordings r"
+                          f" ON r.id = c.recording_id WHERE {elapsed} >= 1 AND {elapsed} < 3")[0][0]
+    assert sum(sum(p["weights"]) for p in speedscope["profiles"]) == window_ns
     svg = ElementTree.fromstring(run_rsprof("export", str(db), "-o", "-", "-f", "svg",
                                             *window, check=True).stdout)
     root_values = [int(g.get("data-v", "0")) for g in svg.iter("{http://www.w3.org/2000/svg}g")
@@ -250,9 +256,28 @@ def test_bad_export_requests_are_one_clear_line(profiles: dict[str, Path], run_r
         (("export", str(tmp_path / "missing.db"), "-o", str(tmp_path / "y.json")), 1,
          "missing.db"),
         (("top", "cpu", db, "--since", "soon"), 2, "--since"),
+        # options a format would ignore are refused, not dropped silently
+        (("export", str(profiles["heap"]), "--kind", "heap", "--live", "-o",
+          str(tmp_path / "h.pb.gz")), 2, "--live goes with folded, svg or speedscope, not pprof"),
+        (("export", str(profiles["heap"]), "--kind", "heap", "--live", "-o", "-", "-f",
+          "json"), 2, "--live goes with folded, svg or speedscope, not json"),
+        (("export", db, "-n", "5", "-o", str(tmp_path / "c.svg")), 2,
+         "-n/--limit goes with json or csv, not svg"),
+        (("export", db, "-n", "5", "-o", "-", "-f", "folded"), 2,
+         "-n/--limit goes with json or csv, not folded"),
+        (("export", db, "--include-internal", "-o", str(tmp_path / "c.speedscope.json")), 2,
+         "--include-internal goes with json or csv, not speedscope"),
+        (("export", db, "--include-internal", "-o", str(tmp_path / "c.pb.gz")), 2,
+         "--include-internal goes with json or csv, not pprof"),
     ]
     for args, code, text in cases:
         result = run_rsprof(*args)
         assert result.returncode == code, (args, result.stderr)
         assert text in one_line_error(result), (args, result.stderr)
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("c.*")) and not list(tmp_path.glob("h.*"))  # nothing written
+    # and where they apply they are taken
+    for args in (("--kind", "heap", "--live", "-f", "folded"), ("-n", "1", "-f", "csv"),
+                 ("--include-internal", "-f", "json")):
+        profile = str(profiles["heap"] if "heap" in args else profiles["cpu"])
+        assert run_rsprof("export", profile, "-o", "-", *args).returncode == 0, args

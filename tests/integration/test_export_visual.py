@@ -106,11 +106,8 @@ def _record(work: Path, name: str, *command: str, freq: str | None = None) -> Pa
 
 @pytest.fixture(scope="module")
 def cpu_db(targets: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 461 Hz rather than 499: cpu_split works in slices of 5/3/2 ms of CPU time, and a
-    # sampling period of 2.004 ms drifts only 0.02 ms against that 10 ms cycle per
-    # cycle, so in a 2 s run the samples keep nearly one phase and the split measured
-    # swings by ±5 points from run to run; 2.169 ms (4.61 samples a cycle) spreads them
-    # evenly over the cycle and measures 50/30/20 within a point.
+    # cpu_split's cycles have random lengths (a fixed 10 ms cycle kept 499 Hz samples
+    # in one phase for seconds), so any rate measures its 50/30/20; 461 Hz is kept.
     return _record(tmp_path_factory.mktemp("cpu_split"), "cpu",
                    str(targets / "cpu_split"), "--threads", "2", "--seconds", "2",
                    freq="461")

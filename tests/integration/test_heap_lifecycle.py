@@ -15,7 +15,7 @@ import pytest
 from rsprof.recording.process import is_alive
 from rsprof.shim import shim_path
 from tests.conftest import rsprof_env
-from tests.integration.helpers import query
+from tests.integration.helpers import query, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,6 @@ def _children(pid: int, name: str = "alloc_bench") -> list[int]:
                     if comm.read().strip() == name:
                         found.append(child)
     return found
-
-
-def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def _spawn_run(tmp_path: Path, db: Path, *target: str) -> subprocess.Popen[str]:
@@ -60,7 +51,7 @@ def test_target_killed_mid_recording(targets: Path, tmp_path: Path) -> None:
     db = tmp_path / "killed-target.db"
     proc = _spawn_run(tmp_path, db, str(targets / "alloc_bench"), "--seconds", "60")
     try:
-        _wait_for(lambda: _allocs_committed(db))
+        wait_for(lambda: _allocs_committed(db), timeout=15)
         (target,) = _children(proc.pid)
         os.kill(target, signal.SIGKILL)
         _out, err = proc.communicate(timeout=30)
@@ -83,12 +74,12 @@ def test_rsprof_killed_leaves_the_target_running_unharmed(targets: Path,
                                                            tmp_path: Path) -> None:
     db = tmp_path / "killed-rsprof.db"
     proc = _spawn_run(tmp_path, db, str(targets / "alloc_bench"), "--seconds", "4")
-    _wait_for(lambda: _allocs_committed(db))
+    wait_for(lambda: _allocs_committed(db), timeout=15)
     (target,) = _children(proc.pid)
     proc.kill()  # rsprof dies; the shim must notice the silent reader and stop waiting
     proc.communicate(timeout=10)
     # The target, now an orphan, finishes its 4 s of work and exits by itself.
-    _wait_for(lambda: not is_alive(target), timeout=20)
+    wait_for(lambda: not is_alive(target), timeout=20)
     # What was committed before the kill is readable.
     assert _allocs_committed(db)
     assert query(db, "SELECT COUNT(*) FROM heap_samples")[0][0] > 0

@@ -52,13 +52,28 @@ def test_kill_9_loses_at_most_an_interval_and_the_file_opens(targets, start_targ
     db = tmp_path / "killed.db"
     proc = spawn_rsprof("-p", str(target.pid), "-q", "-o", str(db))
     _wait_for_samples(db)
-    time.sleep(2.5)
+    start = query(db, "SELECT start_time FROM recordings")[0][0]
+    # Committed once per interval (1 s): what the file holds never ends more than the
+    # interval in progress (plus the time a commit takes) before the clock.
+    lag_limit = 1.75
+    worst = 0.0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        now = time.time()
+        last = query(db, "SELECT MAX(interval) FROM cpu_counts")[0][0]
+        worst = max(worst, now - start - (last + 1))
+        time.sleep(0.1)
+    assert worst < lag_limit, f"the committed data lagged {worst:.2f} s behind"
+    seen_last, seen_samples = query(db, "SELECT MAX(interval), SUM(samples) FROM cpu_counts")[0]
+    killed_at = time.time() - start
     proc.kill()
     proc.communicate(timeout=10)
     assert target.proc.poll() is None  # the target is unharmed
-    samples = query(db, "SELECT SUM(samples) FROM cpu_counts")[0][0]
+    last, samples = query(db, "SELECT MAX(interval), SUM(samples) FROM cpu_counts")[0]
     intervals = query(db, "SELECT COUNT(DISTINCT interval) FROM cpu_counts")[0][0]
-    assert intervals >= 2
+    assert last >= seen_last and samples >= seen_samples  # what was committed stays
+    assert killed_at - (last + 1) < lag_limit, (killed_at, last)  # at most an interval lost
+    assert intervals >= 4
     assert samples >= 10 * intervals
     result = run_rsprof("top", "cpu", str(db), "--json", check=True)
     assert "work_fifty" in result.stdout
@@ -80,6 +95,42 @@ def test_append_continues_the_timeline(targets, start_target, run_rsprof,
     assert second > first
     meta = dict(query(db, "SELECT key, value FROM meta"))
     assert int(meta["samples"]) == query(db, "SELECT SUM(samples) FROM cpu_counts")[0][0]
+
+
+def test_append_of_a_warm_run_reuses_the_frames_of_a_cold_one(targets, start_target,
+                                                              run_rsprof,
+                                                              tmp_path: Path) -> None:
+    """The first run symbolizes with the DWARF reader (empty cache), the appended one
+    from the SymCaches built meanwhile; they spell some source paths differently
+    (`./nptl/./nptl/pthread_create.c` and `nptl/nptl/pthread_create.c`)."""
+    target = start_target(targets / "cpu_split", "--seconds", "60")
+    db = tmp_path / "twice.db"
+    cache = tmp_path / "cache"  # run_rsprof's XDG_CACHE_HOME
+    run_rsprof("-p", str(target.pid), "-q", "-d", "2s", "-o", str(db), check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the background SymCache builds
+        if list(cache.rglob("*.symcache")) and not list(cache.rglob("*.building")):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("no SymCache was built")
+    run_rsprof("-p", str(target.pid), "-q", "-d", "2s", "-o", str(db), "--append",
+               check=True)
+    frames_of = {}
+    for rid, module, rel, frame_ids in query(db, """
+            SELECT a.recording_id, m.path, a.rel_address,
+                   (SELECT group_concat(frame_id) FROM (SELECT frame_id FROM address_frames
+                    WHERE address_id = a.id ORDER BY depth))
+            FROM addresses a JOIN modules m ON m.id = a.module_id"""):
+        frames_of[(rid, module, rel)] = frame_ids
+    both = [(m, r) for (rid, m, r) in frames_of if rid == 1 and (2, m, r) in frames_of]
+    assert len(both) >= 5, frames_of
+    differ = [(m, hex(r)) for m, r in both if frames_of[(1, m, r)] != frames_of[(2, m, r)]]
+    assert not differ, (differ, query(db, "SELECT * FROM frames ORDER BY function, line"))
+    # and no frame is stored twice under two spellings of its file or module
+    assert query(db, "SELECT COUNT(*) FROM frames")[0][0] == query(
+        db, "SELECT COUNT(*) FROM (SELECT DISTINCT f.function, f.line, m.path FROM frames f"
+            " JOIN modules m ON m.id = f.module_id)")[0][0]
 
 
 def test_list_and_newest_profile(targets, start_target, run_rsprof, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ region made (and drained concurrently) by rsprof.shm_reference."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import threading
@@ -361,53 +362,114 @@ def test_fork_child_never_writes_and_exec_works(build_dir: Path, shim: Path,
     assert not ref.ShmReader.find(child_pid)
 
 
-# -- (f) a reader that stops answering ---------------------------------------------------
+# -- (f) a reader that stops answering: waited for while it lives, not once it is gone ---
 
 
-def test_stale_reader_stops_recording(build_dir: Path, shim: Path,
-                                      regions: list[ref.ShmReader]) -> None:
+class Churn:
+    """churn.c preloaded with the shim, driven line by line over stdin/stdout."""
+
+    def __init__(self, target: Path, shim: Path, reader: ref.ShmReader) -> None:
+        self.proc = subprocess.Popen([str(target)], env=preload_env(shim, reader.name),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.reply(30) == "ready"
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def reply(self, timeout: float) -> str | None:
+        """The next line, or None if none comes within `timeout` seconds."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline().strip() if ready else None
+
+    def cmd(self, line: str, timeout: float = 60) -> str | None:
+        self.send(line)
+        return self.reply(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def test_silent_living_reader_is_waited_for(build_dir: Path, shim: Path,
+                                            regions: list[ref.ShmReader]) -> None:
+    # The reader is this process, the target's parent (as `rsprof run` is): alive,
+    # however long it does not drain, so the target waits and nothing is dropped.
+    target = build_target(build_dir, "churn.c")
+    reader = ref.ShmReader.create(pid=0, ring_size=1 << 16)
+    regions.append(reader)
+    churn = Churn(target, shim, reader)
+    try:
+        drainer = Drainer(reader).start()
+        assert churn.cmd("a 1000 32") == "ok"
+        records = drainer.stop()  # silent from here on: no drain, no heartbeat
+        churn.send("a 200000 32")  # fills the ring and waits
+        # Well past RSPROF_READER_TIMEOUT_NS: the shim asked and found us alive.
+        assert churn.reply(ref.READER_TIMEOUT_NS / 1e9 + 1.5) is None
+        hdr = reader.header()
+        assert hdr["state"] == ref.STATE_RECORDING
+        assert hdr["dropped"] == 0 and hdr["waits"] > 0
+        drainer = Drainer(reader).start()  # the reader answers again: the target goes on
+        assert churn.reply(60) == "ok"
+        churn.send("q")
+        assert churn.proc.wait(timeout=30) == 0
+        records += drainer.stop()
+    finally:
+        churn.close()
+    assert reader.header()["dropped"] == 0
+    rp = replay(records)
+    assert Counter(size for _p, size, _f in rp.allocs)[32] == 201_000  # every one of them
+    assert len(rp.frees) >= 201_000
+
+
+@pytest.mark.parametrize("reap", [False, True], ids=["zombie", "reaped"])
+def test_dead_reader_releases_the_program(build_dir: Path, shim: Path,
+                                          regions: list[ref.ShmReader], reap: bool) -> None:
+    # The reader is another process, not the target's parent (as `rsprof -p` is): the
+    # shim watches it through a pidfd opened while it was alive. A zombie reader is
+    # gone too (kill(pid, 0) alone would still find it).
     target = build_target(build_dir, "churn.c")
     base = subprocess.run([str(target), "loop", "2000000"], capture_output=True, text=True,
                           timeout=60, env=preload_env(shim, None))
     base_ns = int(base.stdout)
     reader = ref.ShmReader.create(pid=0, ring_size=1 << 16)
     regions.append(reader)
-    proc = subprocess.Popen([str(target)], env=preload_env(shim, reader.name),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-
-    def cmd(line: str) -> str:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(line + "\n")
-        proc.stdin.flush()
-        return proc.stdout.readline().strip()
-
+    other = subprocess.Popen(["sleep", "120"])
+    reader._i[ref._I["reader_pid"]] = other.pid  # the reader's pid, as attach() writes it
+    churn = Churn(target, shim, reader)
     try:
-        assert proc.stdout.readline().strip() == "ready"
         drainer = Drainer(reader).start()
-        assert cmd("a 1000 32") == "ok"
-        drainer.stop()  # the reader goes silent from here on
+        assert churn.cmd("a 1000 32") == "ok"
+        drainer.stop()  # silent from here on
+        churn.send("a 200000 32")  # fills the ring: waits while `other` lives
+        assert churn.reply(ref.READER_TIMEOUT_NS / 1e9 + 1.0) is None
+        assert reader.header()["state"] == ref.STATE_RECORDING
         t0 = time.monotonic()
-        assert cmd("a 200000 32") == "ok"  # fills the ring, waits ~1 s, then drops
-        stalled = time.monotonic() - t0
+        other.kill()
+        if reap:
+            other.wait()
+        assert churn.reply(10) == "ok"  # released: the rest is dropped
+        assert time.monotonic() - t0 < 1.0  # liveness is asked every 0.1 s
         hdr = reader.header()
         assert hdr["state"] == ref.STATE_STOPPED
         assert hdr["dropped"] > 0 and hdr["waits"] > 0
-        assert stalled < ref.READER_TIMEOUT_NS / 1e9 + 3
-        timed = cmd("t 2000000")
-        assert timed.startswith("ns ")
+        timed = churn.cmd("t 2000000")
+        assert timed is not None and timed.startswith("ns ")
         # Stopped: back to the cost of an idle hook (generous bound for noisy machines).
         assert int(timed.split()[1]) < 3 * base_ns + 50_000_000
         reserve = hdr["reserve"]
-        assert cmd("a 1000 32") == "ok"
+        assert churn.cmd("a 1000 32") == "ok"
         assert reader.header()["reserve"] == reserve  # nothing more is written
-        proc.stdin.write("q\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=30) == 0
+        churn.send("q")
+        assert churn.proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        churn.close()
+        if other.poll() is None:
+            other.kill()
+        other.wait()
 
 
 # -- (g) no reader: IDLE, then a reader attaching and re-attaching -------------------

@@ -192,13 +192,15 @@ int main(int argc, char **argv)
                 break;
             case RSPROF_REC_SAMPLE: {
                 uint32_t depth = (uint32_t)(body[1] >> 32);
-                if (depth < 1 || depth > RSPROF_MAX_FRAMES || size != 24 + 8 * depth) {
+                if (depth < 1 || depth > RSPROF_MAX_FRAMES ||
+                    size != sizeof(struct rsprof_rec_sample) + 8 * depth) {
                     malformed++;
                     break;
                 }
                 samples++;
                 for (uint32_t k = 0; k < depth; k++)
-                    frames[k] = *(uint64_t *)(void *)(data + ((tail + 24 + 8 * k) & mask));
+                    frames[k] = *(uint64_t *)(void *)(data + ((tail + sizeof(struct rsprof_rec_sample) +
+                                                               8 * k) & mask));
                 if (name_starts(frames[0], "rsprof_shim_"))
                     hook++;
                 for (uint32_t k = 1; k < depth; k++)

@@ -48,8 +48,9 @@ def thread(tid: int, name: str) -> bytes:
     return header(_ring.REC_THREAD, 32) + struct.pack("<II", tid, 0) + raw
 
 
-def sample(tid: int, t: int, frames: list[int]) -> bytes:
-    """A CPU sample from the shim's self-sampler (frames[0] is the interrupted IP)."""
-    size = 24 + 8 * len(frames)
-    return (header(_ring.REC_SAMPLE, size) + struct.pack("<IIQ", tid, len(frames), t)
+def sample(tid: int, t: int, frames: list[int], period: int = 4_004_000) -> bytes:
+    """A CPU sample from the shim's self-sampler (frames[0] is the interrupted IP)
+    standing for `period` ns of CPU (default: a 1001 us timer with 3 overruns)."""
+    size = 32 + 8 * len(frames)
+    return (header(_ring.REC_SAMPLE, size) + struct.pack("<IIQQ", tid, len(frames), t, period)
             + b"".join(struct.pack("<Q", f) for f in frames))

@@ -7,14 +7,16 @@ import struct
 from rsprof import _ring
 
 PID = 4242
+PERIOD = 1_001_001  # ns per sample (cpu-clock at 999 Hz)
 
 
 def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool = True,
            kernel: list[int] | None = None, regs: tuple[int, int] | None = (0, 0),
-           stack: list[int] | None = None, stack_room: int = 0) -> bytes:
+           stack: list[int] | None = None, stack_room: int = 0,
+           period: int = PERIOD) -> bytes:
     """A PERF_RECORD_SAMPLE; regs=(bp, sp) or None for "no registers" (abi 0);
     stack: the 64-bit words at sp (the kernel-reported dynamic size); stack_room:
-    extra copied-but-unused bytes beyond them."""
+    extra copied-but-unused bytes beyond them; period: the nanoseconds it stands for."""
     chain: list[int] = []
     if kernel:
         chain.append(2**64 - 128)  # PERF_CONTEXT_KERNEL
@@ -22,7 +24,7 @@ def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool =
     if user_marker:
         chain.append(_ring.CONTEXT_USER)
     chain.extend(ips)
-    body = struct.pack("<QIIQQ", ips[0] if ips else 0, pid, tid, t, len(chain))
+    body = struct.pack("<QIIQQQ", ips[0] if ips else 0, pid, tid, t, period, len(chain))
     body += b"".join(struct.pack("<Q", a) for a in chain)
     if regs is None:
         body += struct.pack("<Q", 0)

@@ -45,6 +45,25 @@ def test_exact_accounting_per_site() -> None:
     assert sites(dec) == {0: (2, 150, 2, 150, 0, 150)}
 
 
+def test_stack_ids_stay_mapped_when_the_id_table_grows() -> None:
+    # The shim numbers its stacks 1, 2, 3, ...; the decoder's id table starts small
+    # and grows. Growing once zeroed every mapping made before it: all later
+    # allocations of those stacks were charged to the reader's stack 0.
+    dec, table = decoder()
+    n = 5000  # several doublings of the table
+    stream = b"".join(stack(i, [0x555500001005 + 16 * i, 0x555500002009])
+                      for i in range(1, n + 1))
+    stream += b"".join(alloc(0x10000 + 64 * i, 8 + i % 7, i) for i in range(1, n + 1))
+    dec.feed_bytes(stream)
+    new = dict(table.take_new())
+    got = sites(dec)
+    assert dec.unknown_stack_allocs == 0
+    assert len(got) == n  # one site per stack, none merged
+    for sid, totals in got.items():
+        shim_id = (new[sid][0] + 1 - 0x555500001005) // 16
+        assert totals[:2] == (1, 8 + shim_id % 7), (sid, shim_id, totals)
+
+
 def test_free_of_a_block_from_before_recording_is_counted_apart() -> None:
     dec, _ = decoder()
     dec.feed_bytes(stack(0, A) + free(0xDEAD0) + alloc(0x10, 8, 0))
@@ -226,15 +245,20 @@ def test_self_sampled_cpu_samples_are_counted_like_perf_samples() -> None:
     cpu = _ring.PerfDecoder(table, 1234, 1_000_000_000, 1_000_000_000)
     heap.cpu = cpu
     leaf, ret = 0x555500001234, 0x555500002005
-    stream = (sample(7, 1_500_000_000, [leaf, ret]) + sample(7, 1_600_000_000, [leaf, ret])
-              + sample(8, 2_500_000_000, [leaf]) + sample(8, 2_600_000_000, []))
+    stream = (sample(7, 1_500_000_000, [leaf, ret], 1_001_000)
+              + sample(7, 1_600_000_000, [leaf, ret], 4_004_000)
+              + sample(8, 2_500_000_000, [leaf]) + sample(8, 2_600_000_000, [])
+              # A period longer than a minute is garbage: the record is malformed.
+              + sample(8, 2_700_000_000, [leaf], _ring.SHM_MAX_SAMPLE_PERIOD + 1))
     heap.feed_bytes(stream)
-    assert heap.self_samples == 4
+    assert heap.self_samples == 4 and heap.malformed == 1
     assert cpu.samples == 3 and cpu.malformed == 1  # a sample without frames
     stacks = dict(table.take_new())
     both = next(k for k, v in stacks.items() if v == [leaf, ret - 1])
     only = next(k for k, v in stacks.items() if v == [leaf])
-    assert sorted(cpu.take_counts()) == sorted([(0, 7, both, 2), (1, 8, only, 1)])
+    # Each sample stands for its own period: the timer's interval times (1 + overruns).
+    assert sorted(cpu.take_counts()) == sorted([(0, 7, both, 2, 5_005_000),
+                                                (1, 8, only, 1, 4_004_000)])
 
 
 def test_samples_without_a_cpu_decoder_are_only_counted() -> None:

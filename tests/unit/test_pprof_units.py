@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,7 @@ from rsprof.export.stacks import (
     HEAP_VALUES,
     FrameInfo,
     Location,
+    Mapping,
     StackSet,
     WeightedStack,
 )
@@ -191,9 +193,11 @@ def test_cpu_profile_fields(pb2: ModuleType) -> None:
     threads = [[(s[lb.key], s[lb.str]) for lb in x.label] for x in p.sample]
     assert threads == [[("thread", "worker-1")], [("thread", "worker-1")],
                        [("thread", "worker-2")], [("thread", "4711")]]
-    # One function per (name, file); names double as system names; ids resolve.
+    # One function per (name, file); no system names (rsprof keeps no mangled names,
+    # and pprof takes a system_name equal to the name for one it could not demangle,
+    # and shortens it: every `<T as Display>::fmt` became `::fmt`); ids resolve.
     assert len({(f.name, f.filename) for f in p.function}) == len(p.function) == 7
-    assert all(f.system_name == f.name and f.start_line == 0 for f in p.function)
+    assert all(f.system_name == 0 and f.start_line == 0 for f in p.function)
     assert sorted(loc.id for loc in p.location) == list(range(1, 6))
 
 
@@ -213,6 +217,41 @@ def test_mappings(pb2: ModuleType) -> None:
     assert by_address[HIGH + 0x99].mapping_id == 2  # stored negative, written unsigned
     no_stack = [loc for loc in p.location if loc.mapping_id == 0]
     assert len(no_stack) == 1 and _names(p, no_stack[0]) == [(NO_STACK, "", 0)]
+
+
+def test_recorded_mappings_are_written_as_they_were(pb2: ModuleType) -> None:
+    """Locations that carry their mapping (start, end, file offset, as recorded from
+    /proc/PID/maps) get exactly that mapping: one per (module, mapping)."""
+    sset = cpu_set()
+    exe_map = Mapping(BIAS + 0x1140, BIAS + 0x9000, 0x140)
+    libc_map = Mapping(HIGH, HIGH + 0x1000, 0x26000)
+    sset.locations = {lid: replace(loc, mapping=libc_map if loc.module == LIBC else exe_map)
+                      for lid, loc in sset.locations.items()}
+    p = decode(pb2, sset)
+    s = p.string_table
+    assert [(s[m.filename], m.memory_start, m.memory_limit, m.file_offset) for m in p.mapping] == [
+        (EXE, BIAS + 0x1140, BIAS + 0x9000, 0x140), (LIBC, HIGH, HIGH + 0x1000, 0x26000)]
+    for loc in p.location:
+        if loc.mapping_id:
+            m = p.mapping[loc.mapping_id - 1]
+            assert m.memory_start <= loc.address < m.memory_limit
+
+
+def test_cpu_time_is_each_samples_own_and_an_estimate_says_so(pb2: ModuleType) -> None:
+    """The cpu values are what the samples stand for (here 4 ms each for one thread,
+    1 ms for another); period is their mean. A profile without periods says its
+    nanoseconds are an estimate."""
+    sset = cpu_set()
+    sset.stacks = [WeightedStack((10, 11, 12), [3, 12_000_000], "worker-1"),
+                   WeightedStack((10, 11, 12), [2, 2_000_000], "worker-2")]
+    sset.totals = [5, 14_000_000]
+    p = decode(pb2, sset)
+    assert sorted(list(x.value) for x in p.sample) == [[2, 2_000_000], [3, 12_000_000]]
+    assert p.period == 2_800_000
+    assert not any("estimated" in p.string_table[c] for c in p.comment)
+    sset.cpu_estimated = True
+    p = decode(pb2, sset)
+    assert any("estimated" in p.string_table[c] for c in p.comment)
 
 
 def test_heap_profile_fields(pb2: ModuleType) -> None:

@@ -70,7 +70,7 @@ def test_every_record_type_round_trips_across_the_wrap() -> None:
     w.put(ref.REC_ALLOC_RAW, struct.pack("<QQII2Q", 0x6000, 8, 2, 0, 0x401010, 0x401020))
     w.put(ref.REC_ALLOC_BIG, struct.pack("<IIQQ", 3, 0, 0x7000, 1 << 40))
     w.free(0x5000)
-    w.put(ref.REC_SAMPLE, struct.pack("<IIQ1Q", 11, 1, 77, 0x401234))
+    w.put(ref.REC_SAMPLE, struct.pack("<IIQQ1Q", 11, 1, 77, 4_004_000, 0x401234))
     w.put(ref.REC_THREAD, struct.pack("<II16s", 11, 0, b"worker-1"))
     reader = ref.ShmReader.from_buffer(buf)
     got = reader.drain()
@@ -79,7 +79,7 @@ def test_every_record_type_round_trips_across_the_wrap() -> None:
                    ref.AllocRawRecord(0x6000, 8, (0x401010, 0x401020)),
                    ref.AllocRecord(0x7000, 1 << 40, 3),
                    ref.FreeRecord(0x5000),
-                   ref.SampleRecord(11, 77, (0x401234,)),
+                   ref.SampleRecord(11, 77, (0x401234,), 4_004_000),
                    ref.ThreadRecord(11, "worker-1")]
     hdr = reader.header()
     assert hdr["tail"] == w.pos and reader.counters.pads == 1 and w.pos > 3 * RING
@@ -149,7 +149,20 @@ def test_garbage_positions_never_loop(tail: int, reserve: int) -> None:
     reader = ref.ShmReader.from_buffer(buf)
     assert reader.drain() == []
     assert reader.counters.malformed == 1
-    assert reader.drain() == [] or True  # and again: still terminates
+    assert bytes(buf[ref.HEADER_BYTES:]) == bytes(RING)  # the garbage is skipped, zeroed
+    if reserve < tail:
+        # Nothing to resynchronize to: every drain refuses again, and terminates.
+        assert reader.drain() == []
+        assert reader.counters.malformed == 2
+        return
+    # Resynchronized at what the writer reserved: its next record is read.
+    pos = reserve & ~7
+    assert reader.header()["tail"] == pos
+    struct.pack_into("<Q", buf, ref.HEADER_BYTES + pos % RING,
+                     (ref.REC_FREE << _ring.REC_TYPE_SHIFT) | 0x1000)
+    struct.pack_into("<Q", buf, 8 * ref._Q["reserve"], pos + 8)
+    assert reader.drain() == [ref.FreeRecord(0x1000)]
+    assert reader.counters.malformed == 1
 
 
 def test_fuzz_random_regions_never_crash_or_hang() -> None:
@@ -177,11 +190,29 @@ def test_fuzz_random_regions_never_crash_or_hang() -> None:
                               rng.randrange(0, 1 << 64)]) & ((1 << 64) - 1)
         struct.pack_into("<QQ", buf, 8 * ref._Q["reserve"], reserve, 0)
         struct.pack_into("<Q", buf, 8 * ref._Q["tail"], tail)
+        tail0 = tail
         reader = ref.ShmReader.from_buffer(buf)
-        for _ in range(3):
-            reader.drain()
-            h = reader.header()
-            assert h["tail"] >= 0
+        records = reader.drain()
+        assert len(records) <= ring // 8  # at most one ring per drain
+        tail = reader.header()["tail"]
+        if tail0 <= reserve:
+            assert tail0 <= tail <= reserve or tail == reserve & ~7, (tail0, tail, reserve)
+            # every byte passed over is zeroed: a zero word is what "not committed" means
+            passed = min(tail - tail0, ring) if tail > tail0 else 0
+            data = bytes(buf[ref.HEADER_BYTES:]) * 2
+            start = tail0 % ring
+            assert data[start:start + passed] == bytes(passed), (tail0, tail, reserve)
+        else:
+            assert tail == tail0  # garbage positions: never moved backwards or anywhere
+        consumed = bytes(buf[ref.HEADER_BYTES:])
+        for _ in range(2):
+            # Nothing new was written: nothing is decoded again.
+            assert reader.drain() == []
+            if reserve & 7 == 0:  # (an odd reserve is re-refused once, then settles)
+                assert reader.header()["tail"] == tail  # and nothing moves
+                assert bytes(buf[ref.HEADER_BYTES:]) == consumed
+        settled = reader.header()["tail"]
+        assert reader.drain() == [] and reader.header()["tail"] == settled
 
 
 def test_fuzz_random_headers_only_raise_region_error() -> None:

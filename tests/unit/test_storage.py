@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from rsprof.errors import ProfileError, UsageError
+from rsprof.export.folded import folded_lines
+from rsprof.export.stacks import Mapping, load_cpu_stacks
 from rsprof.report.cpu import CpuRow, build_cpu_report
+from rsprof.report.selection import Selection
 from rsprof.storage.discovery import list_profiles, newest_profile
 from rsprof.storage.profile_file import open_readonly
 from rsprof.storage.schema import SCHEMA_VERSION
@@ -241,6 +244,77 @@ def test_counts_merge_on_conflict(tmp_path: Path) -> None:
         assert c.execute(
             "SELECT thread, samples FROM cpu_samples WHERE elapsed_s = 0"
         ).fetchall() == [("renamed", 7)]
+    finally:
+        c.close()
+
+
+def test_cpu_time_and_mappings_are_stored(tmp_path: Path) -> None:
+    """Each count carries the nanoseconds its samples stand for (summed on merge), and
+    the mapping each address lay in is stored once per (module, mapping)."""
+    path = tmp_path / "ns.db"
+    writer = ProfileWriter(path)
+    writer.begin_recording(info())
+    mapping = (BASE + 0x1040, BASE + 0x9000, 0x40)
+    writer.add_addresses({a: ResolvedAddress(r.address, r.module, r.build_id, r.rel_address,
+                                             r.frames, mapping)
+                          for a, r in resolved().items()})
+    writer.add_stacks([(0, [ADDR_A, ADDR_B]), (1, [ADDR_C, ADDR_B])])
+    writer.add_cpu_counts([(0, 100, 0, 2, 8_008_000), (2, 101, 1, 1, 1_001_000)])
+    writer.add_cpu_counts([(0, 100, 0, 1, 4_004_000)])
+    writer.finalize(START + 10, "exited")
+    c = open_readonly(path)
+    try:
+        assert sorted(c.execute("SELECT interval, tid, samples, ns FROM cpu_counts")) == [
+            (0, 100, 3, 12_012_000), (2, 101, 1, 1_001_000)]
+        assert c.execute("SELECT m.path, start_address, end_address, file_offset FROM mappings"
+                         " JOIN modules m ON m.id = module_id").fetchall() == [
+            (APP, BASE + 0x1040, BASE + 0x9000, 0x40)]
+        report = build_cpu_report(c)
+        assert (report.total_ns, report.ns_estimated) == (13_013_000, False)
+        assert _rows_by_function(report.rows)["app::work"].self_ns == 12_012_000
+        sset = load_cpu_stacks(c, Selection())
+        assert sset.totals == [4, 13_013_000] and not sset.cpu_estimated
+        assert {loc.mapping for loc in sset.locations.values()} == {
+            Mapping(BASE + 0x1040, BASE + 0x9000, 0x40)}
+    finally:
+        c.close()
+
+
+def test_counts_without_cpu_time_fall_back_to_the_rate(conn: sqlite3.Connection) -> None:
+    """Counts stored without nanoseconds (an older rsprof) stand for 1e9 / cpu_freq
+    each, and the reports say that is an estimate."""
+    report = build_cpu_report(conn)
+    assert (report.total_ns, report.ns_estimated) == (4 * round(1e9 / 99), True)
+    sset = load_cpu_stacks(conn, Selection())
+    assert sset.totals == [4, 4 * round(1e9 / 99)] and sset.cpu_estimated
+    assert all(loc.mapping is None for loc in sset.locations.values())
+
+
+def test_file_older_than_cpu_time_and_mappings_reads_and_appends(profile: Path) -> None:
+    """A file written before cpu_counts.ns and the mappings table existed: read with
+    the rate's estimate; --append adds the column (NULL in the old rows)."""
+    raw = sqlite3.connect(profile)
+    raw.executescript("ALTER TABLE cpu_counts DROP COLUMN ns; DROP TABLE mappings;")
+    raw.close()
+    c = open_readonly(profile)
+    try:
+        report = build_cpu_report(c)
+        assert (report.total_ns, report.ns_estimated) == (4 * round(1e9 / 99), True)
+        assert load_cpu_stacks(c, Selection()).totals == [4, 4 * round(1e9 / 99)]
+    finally:
+        c.close()
+    writer = ProfileWriter(profile, append=True)
+    writer.begin_recording(info(START + 100))
+    writer.add_addresses(resolved())
+    writer.add_stacks([(0, [ADDR_A, ADDR_B])])
+    writer.add_cpu_counts([(0, 100, 0, 2, 8_008_000)])
+    writer.finalize(START + 110, "exited")
+    c = open_readonly(profile)
+    try:
+        assert sorted(c.execute("SELECT recording_id, samples, ns FROM cpu_counts"),
+                      key=str) == [(1, 1, None), (1, 1, None), (1, 2, None), (2, 2, 8_008_000)]
+        report = build_cpu_report(c)
+        assert (report.total_ns, report.ns_estimated) == (4 * round(1e9 / 99) + 8_008_000, True)
     finally:
         c.close()
 
@@ -559,3 +633,80 @@ def test_list_profiles_empty_and_not_a_directory(tmp_path: Path) -> None:
         newest_profile(tmp_path)
     with pytest.raises(UsageError, match="is not a directory"):
         list_profiles(tmp_path / "junk.db")
+
+
+# -- [rsprof] and an executable installed in a system location (issue 12) ---------------
+
+SHIM = "/root/.cache/rsprof/shim/0123456789abcdef/librsprof_shim.so"
+SHIM_C = "/work/csrc/rsprof_shim.c"
+
+
+@pytest.mark.parametrize("executable", ["/usr/local/lib/app-1.0/app", None],
+                         ids=["by-path", "by-build-id"])
+def test_rsprof_time_and_installed_executable(tmp_path: Path, executable: str | None) -> None:
+    exe = "/usr/local/lib/app-1.0/app"
+    base = 0x5555_0000_0000
+    shim_base = 0x7F11_0000_0000
+    s_leaf, s_hook, libc_m, e_make, e_main, e_work = (
+        shim_base + 0x100, shim_base + 0x200, 0x7F22_0000_0300, base + 0x400, base + 0x500,
+        base + 0x600)
+    make = Frame("app::make", MAIN_RS, 5, exe, False)
+    main = Frame("app::main", MAIN_RS, 30, exe, False)
+    work = Frame("app::work", MAIN_RS, 12, exe, False)
+    path = tmp_path / "own.db"
+    writer = ProfileWriter(path)
+    rec = info()
+    writer.begin_recording(RecordingInfo(
+        pid=rec.pid, process_name="app", cmdline="app", executable=executable,
+        build_id=APP_BUILD_ID, cpu_source="perf", cpu_freq=99, interval_s=0.5,
+        start_time=START, heap_source="preload"))
+    writer.add_addresses({
+        s_leaf: ResolvedAddress(s_leaf, SHIM, "aa" * 20, 0x100, (
+            Frame("ring_try_reserve", SHIM_C, 167, SHIM, True),
+            Frame("record_alloc", SHIM_C, 600, SHIM, False))),
+        s_hook: ResolvedAddress(s_hook, SHIM, "aa" * 20, 0x200, (
+            Frame("malloc", "/work/csrc/rsprof_preload.c", 277, SHIM, False),)),
+        libc_m: ResolvedAddress(libc_m, LIBC, None, 0x300, (
+            Frame("_int_malloc", None, None, LIBC, False),)),
+        e_make: ResolvedAddress(e_make, exe, APP_BUILD_ID, 0x400, (make,)),
+        e_main: ResolvedAddress(e_main, exe, APP_BUILD_ID, 0x500, (main,)),
+        e_work: ResolvedAddress(e_work, exe, APP_BUILD_ID, 0x600, (work,)),
+    })
+    writer.add_stacks([(0, [s_leaf, s_hook, e_make, e_main]),   # rsprof recording
+                       (1, [libc_m, s_hook, e_make, e_main]),   # the real malloc
+                       (2, [e_work, e_main])])
+    writer.add_cpu_counts([(0, 1, 0, 3), (0, 1, 1, 2), (0, 1, 2, 5)])
+    writer.finalize(START + 1, "exited")
+    conn = open_readonly(path)
+    try:
+        stored = conn.execute(
+            "SELECT s.id, u.function, u.file, mu.path, l.function FROM stacks s"
+            " JOIN frames u ON u.id = s.user_frame_id JOIN modules mu ON mu.id = u.module_id"
+            " JOIN frames l ON l.id = s.leaf_frame_id ORDER BY s.id").fetchall()
+        assert [row[1:] for row in stored] == [
+            ("[rsprof]", None, SHIM, "[rsprof]"),
+            ("app::make", MAIN_RS, exe, "_int_malloc"),
+            ("app::work", MAIN_RS, exe, "app::work"),
+        ]
+        assert conn.execute("SELECT internal FROM frames WHERE function = 'app::work'"
+                            ).fetchone() == (0,)
+        report = build_cpu_report(conn)
+        rows = {r.function: (r.self_samples, r.total_samples) for r in report.rows}
+        assert rows == {"app::work": (5, 5), "[rsprof]": (3, 3), "app::make": (2, 5),
+                        "app::main": (0, 10), "_int_malloc": (0, 2)}
+        assert (report.rsprof_samples, report.rsprof_percent) == (3, 30.0)
+        leaf = build_cpu_report(conn, include_internal=True)
+        leaf_rows = {r.function: r.self_samples for r in leaf.rows if r.self_samples}
+        assert leaf_rows == {"app::work": 5, "[rsprof]": 3, "_int_malloc": 2}
+        assert leaf.rsprof_samples == 3
+        assert not any(r.module == SHIM and r.function != "[rsprof]" for r in leaf.rows)
+        views = dict(conn.execute(
+            "SELECT function, SUM(samples) FROM cpu_samples GROUP BY function").fetchall())
+        assert views == {"app::work": 5, "[rsprof]": 3, "app::make": 2}
+        # Stack exports show it the same way: one [rsprof] frame, no shim frame.
+        sset = load_cpu_stacks(conn, Selection())
+        assert dict(folded_lines(sset, 0)) == {
+            "app::main;app::work": 5, "app::main;app::make;[rsprof]": 3,
+            "app::main;app::make;_int_malloc": 2}
+    finally:
+        conn.close()

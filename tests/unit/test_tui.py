@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -285,3 +286,60 @@ def test_golden_render_own_allocator() -> None:
     if os.environ.get("RSPROF_UPDATE_GOLDEN"):
         path.write_text(text, encoding="utf-8")
     assert text == path.read_text(encoding="utf-8")
+
+
+def test_rsprof_own_time_in_the_header_and_as_a_row() -> None:
+    # rsprof's own time (docs/attribution.md): the [rsprof] row, its share in the header.
+    base = make_snapshot()
+    shim = "/root/.cache/rsprof/shim/0123/librsprof_shim.so"
+    own = CpuRow(key=f"[rsprof]\0{shim}", function="[rsprof]", location=shim, samples=3000,
+                 total_pct=31.4, live_pct=30.0, series={39: 30.0})
+    snap = replace(base, cpu_rows=(own, *base.cpu_rows), rsprof_pct=31.4)
+    for width, height in ((80, 24), (160, 48)):
+        lines = plain_text(render(snap, ViewState(), width, height)).splitlines()
+        assert "rsprof overhead 31.4%" in lines[0]
+        assert any(line.split()[:2] == ["31.4%", "30.0%"] and "[rsprof]" in line
+                   for line in lines[2:])
+    # Without any, nothing is said (the golden renders are unchanged).
+    assert "overhead" not in plain_text(render(base, ViewState(), 160, 48))
+
+
+def test_header_shows_the_cpu_time_and_whether_it_is_an_estimate() -> None:
+    snap = replace(make_snapshot(), cpu_ns=5_020_000_000)
+    assert "cpu 5.0s" in plain_text(render(snap, ViewState(), 160, 48)).splitlines()[0]
+    old = replace(snap, cpu_estimated=True)  # a profile recorded without sample periods
+    assert "cpu ~5.0s" in plain_text(render(old, ViewState(), 160, 48)).splitlines()[0]
+    assert " cpu " not in plain_text(render(make_snapshot(), ViewState(), 160, 48))
+
+
+def test_loader_shares_are_cpu_time_not_sample_counts(tmp_path: Path) -> None:
+    """Samples of different periods (a self-sampler signal at the kernel tick stands
+    for several timer intervals; --append recordings at other rates): the rows' shares
+    and the CPU time are by the nanoseconds they stand for."""
+    from rsprof.storage.profile_file import open_readonly
+    from rsprof.storage.writer import ProfileWriter, RecordingInfo
+    from rsprof.symbols.model import Frame, ResolvedAddress
+    from rsprof.tui.loader import ProfileLoader
+
+    path = tmp_path / "ns.db"
+    writer = ProfileWriter(path)
+    writer.begin_recording(RecordingInfo(
+        pid=1, process_name="app", cmdline="app", executable="/app", build_id=None,
+        cpu_source="self", cpu_freq=999, interval_s=1.0, start_time=1_700_000_000.0))
+    writer.add_addresses({a: ResolvedAddress(a, "/app", None, a, (Frame(f, "m.rs", 1, "/app",
+                                                                        False),))
+                          for a, f in ((0x1000, "app::fast"), (0x2000, "app::slow"))})
+    writer.add_stacks([(0, [0x1000]), (1, [0x2000])])
+    writer.add_cpu_counts([(0, 7, 0, 3, 3_000_000), (0, 7, 1, 1, 12_000_000)])
+    writer.finalize(1_700_000_001.0, "exited")
+    conn = open_readonly(path)
+    try:
+        snap = ProfileLoader(conn, live=False).load()
+    finally:
+        conn.close()
+    rows = {r.function: r for r in snap.cpu_rows}
+    assert (rows["app::slow"].samples, rows["app::slow"].cpu_ns) == (1, 12_000_000)
+    assert rows["app::slow"].total_pct == 80.0 and rows["app::fast"].total_pct == 20.0
+    assert [r.function for r in snap.cpu_rows] == ["app::slow", "app::fast"]
+    assert rows["app::slow"].series == {0: 80.0}
+    assert (snap.cpu_ns, snap.cpu_estimated) == (15_000_000, False)
