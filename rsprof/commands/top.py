@@ -79,10 +79,13 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
         f"{report.total_ns / 1e9:.2f}s of CPU{estimated}\n"
         f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
         f"broken stacks {c['broken_stacks']}, unresolved addresses "
-        f"{c['unresolved_addresses']}\n"
-        f"rsprof's own overhead {report.rsprof_percent:.1f} % ({report.rsprof_samples} samples"
-        f" in its hooks and sampler inside the program"
-        f"{f', row {RSPROF_FUNCTION}' if report.rsprof_samples else ''})\n")
+        f"{c['unresolved_addresses']}\n")
+    # rsprof's code runs inside the program only with its shim (heap hooks, sampler).
+    if report.rsprof_samples or s.cpu_source == "self" or c.get("heap_allocs", 0):
+        out.write(
+            f"rsprof's own overhead {report.rsprof_percent:.1f} % ({report.rsprof_samples}"
+            f" samples in its hooks and sampler inside the program"
+            f"{f', row {RSPROF_FUNCTION}' if report.rsprof_samples else ''})\n")
     if not selection.everything:
         out.write(f"selection: {selection.describe()}\n")
     if c["malformed_records"] or c["other_process_samples"]:
