@@ -372,8 +372,10 @@ class ProfileWriter:
                        sites: Iterable[tuple[int, int, int, int, int, int, int]]) -> None:
         """Per-site totals (recorder stack id, allocs, alloc_bytes, frees, free_bytes,
         live_bytes, peak_live_bytes) of sites that changed; one time-series row each."""
-        rows = [(self.recording_id, self._stack_ids[sid], a, ab, f, fb, live, peak)
-                for sid, a, ab, f, fb, live, peak in sites]
+        # Rows are generated as SQLite takes them, never built as lists: an interval of
+        # binary-trees changes 131 k sites, and each list of them was 40 MB of tuples.
+        sites = sites if isinstance(sites, list) else list(sites)
+        rid, stack_id = self.recording_id, self._stack_ids.__getitem__
         self.conn.executemany(
             "INSERT INTO heap_sites (recording_id, stack_id, allocs, alloc_bytes, frees,"
             " free_bytes, live_bytes, peak_live_bytes) VALUES (?,?,?,?,?,?,?,?)"
@@ -381,7 +383,8 @@ class ProfileWriter:
             " alloc_bytes = excluded.alloc_bytes, frees = excluded.frees,"
             " free_bytes = excluded.free_bytes, live_bytes = excluded.live_bytes,"
             " peak_live_bytes = excluded.peak_live_bytes",
-            rows,
+            ((rid, stack_id(sid), a, ab, f, fb, live, peak)
+             for sid, a, ab, f, fb, live, peak in sites),
         )
         self.conn.executemany(
             "INSERT INTO heap_counts (recording_id, interval, stack_id, allocs, alloc_bytes,"
@@ -390,7 +393,8 @@ class ProfileWriter:
             " allocs = excluded.allocs, alloc_bytes = excluded.alloc_bytes,"
             " frees = excluded.frees, free_bytes = excluded.free_bytes,"
             " live_bytes = excluded.live_bytes",
-            [(r[0], interval, *r[1:7]) for r in rows],
+            ((rid, interval, stack_id(sid), a, ab, f, fb, live)
+             for sid, a, ab, f, fb, live, _peak in sites),
         )
 
     def set_thread_name(self, tid: int, name: str) -> None:
