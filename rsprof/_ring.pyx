@@ -18,7 +18,7 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
 from posix.types cimport pid_t
 
-from rsprof._unwind cimport StackTable
+from rsprof._unwind cimport StackTable, range_index
 
 
 cdef extern from "rsprof_perf.h":
@@ -241,16 +241,7 @@ cdef class PerfDecoder:
 
     cdef Py_ssize_t _code_index(self, uint64_t addr) noexcept:
         """Index of the executable mapping holding addr, or -1."""
-        cdef Py_ssize_t lo = 0, hi = self.n_code, mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.code_starts[mid] <= addr:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0 or addr >= self.code_ends[lo - 1]:
-            return -1
-        return lo - 1
+        return range_index(self.code_starts, self.code_ends, self.n_code, addr)
 
     cdef int _code_kind(self, uint64_t addr) noexcept:
         """0: in no executable mapping, 1: system library (no frame pointers), 2: other code."""
@@ -324,16 +315,7 @@ cdef class PerfDecoder:
 
     cdef Py_ssize_t _func_index(self, uint64_t addr) noexcept:
         """Index of the function (FDE range) holding addr, or -1."""
-        cdef Py_ssize_t lo = 0, hi = self.n_funcs, mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.func_starts[mid] <= addr:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0 or addr >= self.func_ends[lo - 1]:
-            return -1
-        return lo - 1
+        return range_index(self.func_starts, self.func_ends, self.n_funcs, addr)
 
     cdef const uint8_t* _code_ptr(self, uint64_t addr, uint64_t* avail) noexcept:
         """The mapped code bytes from addr (avail: how many), or NULL if unknown."""

@@ -1,5 +1,21 @@
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 
+
+cdef inline Py_ssize_t range_index(const uint64_t* starts, const uint64_t* ends,
+                                   Py_ssize_t n, uint64_t addr) noexcept nogil:
+    """Index of the [starts[i], ends[i]) range holding addr, or -1. starts is sorted;
+    of overlapping ranges the one with the greatest start at or below addr counts."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if starts[mid] <= addr:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0 or addr >= ends[lo - 1]:
+        return -1
+    return lo - 1
+
 cdef struct StackSlot:
     uint64_t hash
     uint64_t offset   # index into the frame buffer

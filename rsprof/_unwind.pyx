@@ -211,19 +211,8 @@ cdef class IntervalMap:
         return self.n
 
     cdef inline int64_t _find(self, uint64_t addr) nogil:
-        cdef Py_ssize_t lo = 0, hi = self.n, mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.starts[mid] <= addr:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == 0:
-            return -1
-        lo -= 1
-        if addr < self.ends[lo]:
-            return <int64_t>self.order[lo]
-        return -1
+        cdef Py_ssize_t i = range_index(self.starts, self.ends, self.n, addr)
+        return <int64_t>self.order[i] if i >= 0 else -1
 
     def lookup(self, uint64_t addr) -> int:
         """Index (in the constructor's order) of the interval holding addr, or -1."""
