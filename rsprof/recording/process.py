@@ -25,26 +25,28 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the parenthesised command name (field 3 of stat(5), the
+    state letter, on); empty when there is no such process."""
+    stat = _read(f"/proc/{pid}/stat")
+    return [] if stat is None else stat[stat.rfind(")") + 2:].split()
+
+
 def is_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return False
-    # The state letter follows the parenthesised command name.
-    state = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3]
-    return state not in ("Z", "X", "")
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def process_identity(pid: int) -> str:
     """"<boot id> <pid> <start time>" of a living process, "" if there is none: unlike
     the pid alone, never the identity of another process (a recycled pid starts at
     another time; a reboot changes the boot id)."""
-    stat = _read(f"/proc/{pid}/stat")
+    fields = _stat_fields(pid)
     boot = (_read("/proc/sys/kernel/random/boot_id") or "").strip()
-    if stat is None or not boot:
+    if not boot:
         return ""
-    fields = stat[stat.rfind(")") + 2:].split()
-    # After the command name: state is field 3 of stat(5), starttime field 22.
+    # fields[0] is the state (field 3 of stat(5)), fields[19] starttime (field 22).
     if len(fields) < 20 or fields[0] in ("Z", "X"):
         return ""
     return f"{boot} {pid} {fields[19]}"
