@@ -30,10 +30,11 @@ user function called `free_list`, `alloc_pool` or `utils::x` is never hidden.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from rsprof.symbols.model import Frame
 
@@ -201,6 +202,7 @@ def rsprof_frame(module: str) -> Frame:
 
 
 _USER, _INTERNAL, _RSPROF, _PASS_THROUGH = range(4)
+_F = TypeVar("_F", bound=FrameLike)
 
 
 class Attributor:
@@ -225,18 +227,30 @@ class Attributor:
             self._kinds[key] = kind
         return kind
 
+    def _walk(self, frames: Iterable[_F]) -> tuple[int, _F | None, int, _F | None, _F | None]:
+        """One pass from the innermost frame out to the first of the user's code:
+        (index and frame of rsprof's own time, or -1/None; index and frame of the first
+        user frame, or -1/None; the innermost frame, None for no frames). rsprof's time
+        is a frame of its code met before any user frame and before a pass-through
+        hook above the leaf (under a hook, the real allocator is the program's)."""
+        first: _F | None = None
+        r, r_frame, possible = -1, None, True
+        for i, f in enumerate(frames):
+            if first is None:
+                first = f
+            kind = self._kind(f)
+            if possible and r < 0 and (kind == _RSPROF or (kind == _PASS_THROUGH and i == 0)):
+                r, r_frame = i, f
+            elif kind == _PASS_THROUGH:
+                possible = False
+            if kind == _USER:
+                return r, r_frame, i, f, first
+        return r, r_frame, -1, None, first
+
     def rsprof_index(self, frames: Sequence[FrameLike]) -> int:
         """When the sample was spent in rsprof's own code, the index (innermost = 0) of
         its first frame of rsprof's; otherwise -1."""
-        for i, f in enumerate(frames):
-            kind = self._kind(f)
-            if kind == _RSPROF or (kind == _PASS_THROUGH and i == 0):
-                return i
-            if kind == _PASS_THROUGH:
-                return -1  # the real allocator (or thread) under a hook: the program's
-            if kind == _USER:
-                return -1  # the user's code comes first
-        return -1
+        return self._walk(frames)[0]
 
     def charged_index(self, frames: Sequence[FrameLike], include_internal: bool = False) -> int:
         """Index (innermost = 0) of the first frame of the user's own code (the innermost
@@ -246,43 +260,31 @@ class Attributor:
             return -1
         if include_internal:
             return 0
-        for i, f in enumerate(frames):
-            if self._kind(f) == _USER:
-                return i
-        return 0
+        return max(self._walk(frames)[2], 0)
 
     def stack_frames(self, addresses: Sequence[int],
                      frames_of: Mapping[int, Sequence[Frame]]) -> tuple[Frame, Frame] | None:
         """(charged_frame(logical, True), charged_frame(logical)) of the stack whose
         logical frames are frames_of[a] for each address a, innermost first, without
-        building that list: the walk stops at the first frame that decides both (the
-        recorder stores 131 k heap stacks of binary-trees at once). None for no frames."""
-        first: Frame | None = None
-        rsprof_possible = True
-        i = 0
-        for a in addresses:
-            for f in frames_of[a]:
-                kind = self._kind(f)
-                if first is None:
-                    first = f
-                if rsprof_possible and (kind == _RSPROF or (kind == _PASS_THROUGH and i == 0)):
-                    charged = rsprof_frame(f.module)
-                    return charged, charged
-                if kind == _PASS_THROUGH:
-                    rsprof_possible = False
-                elif kind == _USER:
-                    return first, f
-                i += 1
-        return None if first is None else (first, first)
+        building that list (the recorder stores 131 k heap stacks of binary-trees at
+        once). None for no frames."""
+        _, r_frame, _, user, first = self._walk(
+            itertools.chain.from_iterable(frames_of[a] for a in addresses))
+        if first is None:
+            return None
+        if r_frame is not None:
+            charged = rsprof_frame(r_frame.module)
+            return charged, charged
+        return first, user or first
 
     def charged_frame(self, frames: Sequence[Frame], include_internal: bool = False) -> Frame:
         """The frame a stack (non-empty) is charged to: `[rsprof]` for rsprof's own time
         (with include_internal too: rsprof's functions are never shown), else
         frames[charged_index(...)]."""
-        r = self.rsprof_index(frames)
-        if r >= 0:
-            return rsprof_frame(frames[r].module)
-        return frames[self.charged_index(frames, include_internal)]
+        _, r_frame, _, user, _ = self._walk(frames)
+        if r_frame is not None:
+            return rsprof_frame(r_frame.module)
+        return frames[0] if include_internal else user or frames[0]
 
 
 def rsprof_index(frames: Sequence[FrameLike], executable: Executable = None) -> int:
