@@ -506,43 +506,61 @@ walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *trunca
 }
 
 /* ------------------------------------------------------------------------ */
-/* Stack interning (private memory, insert-only, lock-free)                  */
+/* Stack interning: a trie of call sites (private memory, insert-only,      */
+/* lock-free)                                                                */
 /* ------------------------------------------------------------------------ */
 
-/* A stack: its frames live in the arena; `id` (its index + 1) is the stack
- * id the records carry. Entries are handed out densely, in order, so the
- * memory touched grows with the number of distinct stacks. */
-struct entry {
-    uint64_t hash;      /* written before the entry is published in the index */
-    uint64_t announced; /* SESSION_TAG of the session whose STACK record was written */
-    uint32_t ready;     /* 1: depth/off valid (the claimer wrote its STACK record first) */
-    uint32_t busy;      /* 1: a thread is re-announcing this stack */
-    uint32_t depth;     /* DEAD_ENTRY: never usable (no arena space, or a lost race) */
-    uint32_t off;       /* first frame in the arena */
+/* A stack is a path in a trie whose nodes are (parent node, return address),
+ * outermost frame nearest the root (heaptrack's trace tree). A node id is
+ * the stack id the records carry; the reader learns each node once per
+ * session from a NODE record, written before any record naming it and after
+ * its parent's. Consecutive allocations of a thread share most of their outer
+ * frames, so each thread keeps the path of its previous stack (t_path_*): an
+ * allocation compares its walked frames with that path from the outside in
+ * and looks up only the frames that differ, typically one to three, instead
+ * of hashing and comparing the whole stack (binary-trees: 36 frames deep,
+ * 131 k distinct stacks).
+ *
+ * A node's first KIDS_IN_LIST children hang in a list from the node itself;
+ * further children (a node with many callees) go to a hash index keyed by
+ * (parent, ret). Lists keep lookups in memory order: nodes are handed out
+ * densely in creation order, which is the order a program's call tree is
+ * first walked and, in a program that repeats its work, walked again, so a
+ * lookup mostly touches the cache lines its predecessor touched or the next
+ * ones (measured on binary-trees: a hash index alone missed the cache twice
+ * per lookup, three lookups per allocation). A child's id is always above
+ * its parent's. Two threads adding the same child at once may both succeed
+ * (one in the list, one in the index): the reader merges equal paths. */
+struct node {
+    uint64_t ret;       /* key: the return address; written before the node is linked */
+    uint32_t parent;    /* key: the parent node's id, 0 = the root */
+    uint32_t first;     /* atomic: newest child in this node's list, 0 = none */
+    uint32_t next;      /* the next older sibling in the parent's list */
+    uint32_t kids;      /* atomic: children added (those past KIDS_IN_LIST: the index) */
+    uint32_t announced; /* atomic: session + 1 of the session whose NODE record was written */
+    uint32_t busy;      /* atomic: 1 while a thread writes this node's NODE record */
 };
 
-#define DEAD_ENTRY 0xffffffffu
-/* Index of 2 Mi slots (8 MiB reserved; an open-addressing table of entry
- * ids), up to 1.5 Mi stacks (48 MiB reserved) and 32 Mi frames (256 MiB
- * reserved). All of it MAP_NORESERVE: only what is used is ever touched
- * (the index's pages are touched as ids spread over it: 8 MiB at most). */
-#define INDEX_BITS 21
+/* Up to 4 Mi nodes (128 MiB reserved) and an index of 4 Mi slots (16 MiB
+ * reserved) for the children of wide nodes. All of it MAP_NORESERVE: only
+ * what is used is ever touched. */
+#define MAX_NODES (1u << 22)
+#define INDEX_BITS 22
 #define INDEX_SLOTS (1u << INDEX_BITS)
-#define MAX_ENTRIES ((INDEX_SLOTS / 4) * 3)
-#define ARENA_FRAMES (1u << 25)
 #define MAX_PROBES 512
+#define KIDS_IN_LIST 8u
+#define ANNOUNCED(sess) ((sess) + 1u) /* 0: never */
 
 struct table {
-    uint32_t index[INDEX_SLOTS]; /* 0: empty, else entry id (index + 1) */
-    uint64_t arena_used;         /* frames handed out */
-    uint32_t count;              /* entries handed out */
+    struct node root;            /* id 0: only its child list is used */
+    uint32_t count;              /* nodes handed out (ids 1..count) */
     uint32_t max_count;
-    struct entry entries[MAX_ENTRIES];
-    uint64_t arena[ARENA_FRAMES];
+    uint32_t index[INDEX_SLOTS]; /* 0: empty, else node id */
+    struct node nodes[MAX_NODES]; /* id n lives at nodes[n - 1] */
 };
 
 static struct table *g_table;
-static uint32_t g_table_limit = MAX_ENTRIES; /* RSPROF_SHIM_MAX_STACKS lowers it */
+static uint32_t g_table_limit = MAX_NODES; /* RSPROF_SHIM_MAX_STACKS lowers it (tests) */
 
 static struct table *table_get(void)
 {
@@ -566,152 +584,200 @@ static struct table *table_get(void)
     return t;
 }
 
-static int arena_take(struct table *t, uint32_t depth, uint32_t *off)
+static inline struct node *node_at(struct table *t, uint32_t id)
 {
-    uint64_t used = LOAD_RLX(&t->arena_used);
-    for (;;) {
-        if (used + depth > ARENA_FRAMES)
-            return 0;
-        if (__atomic_compare_exchange_n(&t->arena_used, &used, used + depth, 1,
-                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-            *off = (uint32_t)used;
-            return 1;
-        }
-    }
+    return id ? &t->nodes[id - 1] : &t->root;
 }
 
-/* A fresh entry for a stack not in the table yet (not published: the caller
- * CASes its id into the index); 0 when the table or the arena is full. */
-static uint32_t entry_take(struct table *t, uint64_t hv, const uint64_t *frames, uint32_t depth)
+static inline uint32_t edge_slot(uint32_t parent, uint64_t ret)
 {
-    uint32_t n = LOAD_RLX(&t->count);
-    for (;;) {
-        if (n >= t->max_count || LOAD_RLX(&t->arena_used) + depth > ARENA_FRAMES)
-            return 0;
-        if (__atomic_compare_exchange_n(&t->count, &n, n + 1, 1, __ATOMIC_RELAXED,
-                                        __ATOMIC_RELAXED))
-            break;
-    }
-    struct entry *e = &t->entries[n];
-    uint32_t off;
-    if (!arena_take(t, depth, &off)) {
-        e->depth = DEAD_ENTRY;
-        return 0;
-    }
-    memcpy(t->arena + off, frames, 8u * depth);
-    e->off = off;
-    e->depth = depth;
-    e->hash = hv;
-    return n + 1;
-}
-
-static uint64_t hash_frames(const uint64_t *f, uint32_t depth)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ depth;
-    for (uint32_t i = 0; i < depth; i++) {
-        h ^= f[i];
-        h *= 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-    }
+    uint64_t h = ret * 0x9e3779b97f4a7c15ull ^ (uint64_t)parent * 0xc2b2ae3d27d4eb4full;
     h ^= h >> 29;
-    h *= 0xc4ceb9fe1a85ec53ull;
+    h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;
-    return h ? h : 1;
+    return (uint32_t)h & (INDEX_SLOTS - 1);
 }
 
-static int emit_stack(struct rsprof_shm_header *h, uint32_t id, const uint64_t *frames,
-                      uint32_t depth)
+static int emit_node(struct rsprof_shm_header *h, uint32_t id, const struct node *n)
 {
-    uint64_t buf[2 + RSPROF_MAX_FRAMES];
-    struct rsprof_rec_stack *rec = (struct rsprof_rec_stack *)(void *)buf;
-    uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
-    rec->header = RSPROF_REC_HEADER(RSPROF_REC_STACK, size);
-    rec->stack_id = id;
-    rec->depth = depth;
-    memcpy(buf + 2, frames, 8u * depth);
-    return ring_write(h, buf, size, 0);
+    struct rsprof_rec_node rec;
+    rec.header = RSPROF_REC_HEADER(RSPROF_REC_NODE, sizeof(rec));
+    rec.node_id = id;
+    rec.parent_id = n->parent;
+    rec.ret = n->ret;
+    return ring_write(h, &rec, sizeof(rec), 0);
 }
 
-/* Make sure the STACK record of entry `e` was written in the current session
- * before anyone writes an ALLOC naming it (one thread writes, others wait). */
-static int announce(struct rsprof_shm_header *h, struct table *t, struct entry *e, uint32_t id,
-                    uint32_t sess)
+/* With the node's busy flag held: write its NODE record for the current
+ * session unless that was done, then release the flag. */
+static int announce_held(struct rsprof_shm_header *h, struct node *n, uint32_t id)
+{
+    int ok = 1;
+    uint32_t cur = LOAD_ACQ(&h->session);
+    if (LOAD_ACQ(&n->announced) != ANNOUNCED(cur)) {
+        ok = emit_node(h, id, n);
+        if (ok)
+            STORE_REL(&n->announced, ANNOUNCED(cur));
+    }
+    STORE_REL(&n->busy, 0);
+    return ok;
+}
+
+/* Make sure node `id`'s NODE record was written in session `sess` before
+ * anyone writes a record naming it (one thread writes, others wait; the
+ * node's creator holds `busy` from before the node is linked). */
+static int announce(struct rsprof_shm_header *h, struct node *n, uint32_t id, uint32_t sess)
 {
     unsigned spins = 0;
     for (;;) {
-        if (LOAD_ACQ(&e->announced) == SESSION_TAG(sess))
+        if (LOAD_ACQ(&n->announced) == ANNOUNCED(sess))
             return 1;
         uint32_t idle = 0;
-        if (__atomic_compare_exchange_n(&e->busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-            int ok = 1;
-            uint32_t cur = LOAD_ACQ(&h->session);
-            if (LOAD_ACQ(&e->announced) != SESSION_TAG(cur)) {
-                ok = emit_stack(h, id, t->arena + e->off, e->depth);
-                if (ok)
-                    STORE_REL(&e->announced, SESSION_TAG(cur));
-            }
-            STORE_REL(&e->busy, 0);
-            return ok;
-        }
+        if (__atomic_compare_exchange_n(&n->busy, &idle, 1, 0, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED))
+            return announce_held(h, n, id);
         spin_wait(&spins);
     }
 }
 
-enum { INTERN_OK, INTERN_FULL, INTERN_DROPPED };
-
-/* The stack id of `frames` (announced in the current session), interning it
- * if new. Lock-free: an entry is filled before its id is CASed into an empty
- * index slot, and marked ready after its STACK record is written; a thread
- * that finds the same hash waits for ready and compares the whole stack, so
- * two different stacks never share an id. */
-static int intern(struct rsprof_shm_header *h, const uint64_t *frames, uint32_t depth,
-                  uint32_t sess, uint32_t *id)
+/* A fresh node (busy, not linked anywhere yet), 0 when the table is full. */
+static uint32_t node_take(struct table *t, uint32_t parent, uint64_t ret)
 {
-    struct table *t = table_get();
-    if (t == NULL)
-        return INTERN_FULL;
-    uint64_t hv = hash_frames(frames, depth);
-    uint32_t mine = 0; /* an entry taken for this stack, not yet published */
-    uint32_t idx = (uint32_t)hv & (INDEX_SLOTS - 1);
+    uint32_t n = LOAD_RLX(&t->count);
+    do {
+        if (n >= t->max_count)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&t->count, &n, n + 1, 1, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    struct node *fresh = &t->nodes[n];
+    fresh->ret = ret;
+    fresh->parent = parent;
+    fresh->busy = 1; /* held until its NODE record is written */
+    return n + 1;
+}
+
+/* Search parent's list from `head` down to (not including) `stop`. */
+static inline uint32_t list_find(struct table *t, uint32_t head, uint32_t stop, uint64_t ret)
+{
+    for (uint32_t c = head; c != stop && c != 0; c = t->nodes[c - 1].next)
+        if (t->nodes[c - 1].ret == ret)
+            return c;
+    return 0;
+}
+
+/* Find or add the child in the hash index; *mine: a node taken for it. */
+static uint32_t index_child(struct table *t, uint32_t parent, uint64_t ret, uint32_t *mine)
+{
+    uint32_t idx = edge_slot(parent, ret);
     for (unsigned probe = 0; probe < MAX_PROBES; probe++, idx = (idx + 1) & (INDEX_SLOTS - 1)) {
         uint32_t cur = LOAD_ACQ(&t->index[idx]);
         if (cur == 0) {
-            if (mine == 0) {
-                mine = entry_take(t, hv, frames, depth);
-                if (mine == 0)
-                    return INTERN_FULL;
-            }
-            if (__atomic_compare_exchange_n(&t->index[idx], &cur, mine, 0, __ATOMIC_ACQ_REL,
-                                            __ATOMIC_ACQUIRE)) {
-                /* Published: write its STACK record, then mark it ready. */
-                struct entry *e = &t->entries[mine - 1];
-                ADD_RLX(&h->interned, 1);
-                *id = mine;
-                int ok = emit_stack(h, mine, frames, depth);
-                if (ok)
-                    STORE_REL(&e->announced, SESSION_TAG(sess));
-                STORE_REL(&e->ready, 1);
-                return ok ? INTERN_OK : INTERN_DROPPED;
-            }
+            if (*mine == 0 && (*mine = node_take(t, parent, ret)) == 0)
+                return 0;
+            if (__atomic_compare_exchange_n(&t->index[idx], &cur, *mine, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return *mine;
             /* Lost the race for this slot: cur now holds the winner's id. */
         }
-        struct entry *e = &t->entries[cur - 1];
-        if (LOAD_ACQ(&e->hash) != hv)
-            continue;
-        unsigned spins = 0;
-        while (!LOAD_ACQ(&e->ready))
-            spin_wait(&spins);
-        if (e->depth != depth || memcmp(t->arena + e->off, frames, 8u * depth) != 0)
-            continue;
-        if (mine != 0) /* taken for nothing: another thread interned the same stack */
-            t->entries[mine - 1].depth = DEAD_ENTRY;
-        *id = cur;
-        return announce(h, t, e, cur, sess) ? INTERN_OK : INTERN_DROPPED;
+        const struct node *e = &t->nodes[cur - 1];
+        if (e->ret == ret && e->parent == parent)
+            return cur;
     }
-    if (mine != 0)
-        t->entries[mine - 1].depth = DEAD_ENTRY;
-    return INTERN_FULL;
+    return 0;
+}
+
+/* The child of node `parent` for return address `ret`, announced in session
+ * `sess`: found, or made (its NODE record written before anyone can use it).
+ * 0 when the table is full or the record could not be written (*dropped). */
+static uint32_t child_of(struct rsprof_shm_header *h, struct table *t, uint32_t parent,
+                         uint64_t ret, uint32_t sess, int *dropped)
+{
+    struct node *p = node_at(t, parent);
+    uint32_t head = LOAD_ACQ(&p->first);
+    uint32_t found = list_find(t, head, 0, ret);
+    uint32_t mine = 0; /* a node taken for this edge; never seen if not linked */
+    if (found == 0 && LOAD_RLX(&p->kids) >= KIDS_IN_LIST) {
+        found = index_child(t, parent, ret, &mine);
+    } else if (found == 0) {
+        if (__atomic_fetch_add(&p->kids, 1, __ATOMIC_RELAXED) >= KIDS_IN_LIST) {
+            found = index_child(t, parent, ret, &mine);
+        } else if ((mine = node_take(t, parent, ret)) != 0) {
+            for (;;) {
+                t->nodes[mine - 1].next = head;
+                if (__atomic_compare_exchange_n(&p->first, &head, mine, 0, __ATOMIC_ACQ_REL,
+                                                __ATOMIC_ACQUIRE)) {
+                    found = mine;
+                    break;
+                }
+                /* Others linked children since: one of them may be ours. */
+                uint32_t seen = t->nodes[mine - 1].next;
+                if ((found = list_find(t, head, seen, ret)) != 0)
+                    break;
+            }
+        }
+    }
+    if (found == 0)
+        return 0;
+    struct node *n = &t->nodes[found - 1];
+    int ok;
+    if (found == mine) {
+        ADD_RLX(&h->interned, 1);
+        ok = announce_held(h, n, found);
+    } else {
+        ok = announce(h, n, found, sess);
+    }
+    if (!ok)
+        *dropped = 1;
+    return ok ? found : 0;
+}
+
+/* The path of this thread's previous stack, innermost first as walked:
+ * t_path_nodes[i] is the node of frames [i, depth), announced in the session
+ * of t_path_tag. */
+static RSPROF_IE_TLS uint32_t t_path_depth;
+static RSPROF_IE_TLS uint32_t t_path_tag; /* ANNOUNCED(session) of the path, 0 = none */
+static RSPROF_IE_TLS uint64_t t_path_frames[RSPROF_MAX_FRAMES];
+static RSPROF_IE_TLS uint32_t t_path_nodes[RSPROF_MAX_FRAMES];
+
+enum { INTERN_OK, INTERN_FULL, INTERN_DROPPED };
+
+/* The node id of `frames` (announced in session `sess`), interning what is
+ * new. The empty stack is the root, id 0. */
+static int intern(struct rsprof_shm_header *h, const uint64_t *frames, uint32_t depth,
+                  uint32_t sess, uint32_t *id)
+{
+    uint32_t prev = t_path_depth, same = 0;
+    if (t_path_tag == ANNOUNCED(sess)) {
+        while (same < depth && same < prev &&
+               frames[depth - 1 - same] == t_path_frames[prev - 1 - same])
+            same++;
+        if (same == depth && same == prev && depth > 0) {
+            *id = t_path_nodes[0]; /* the same stack as last time: nothing to look up */
+            return INTERN_OK;
+        }
+    }
+    struct table *t = table_get();
+    if (t == NULL)
+        return INTERN_FULL;
+    uint32_t node = same ? t_path_nodes[prev - same] : 0;
+    if (same && prev != depth) {
+        /* The shared outer frames move to the end of the new path. */
+        memmove(t_path_frames + depth - same, t_path_frames + prev - same, 8u * same);
+        memmove(t_path_nodes + depth - same, t_path_nodes + prev - same, 4u * same);
+    }
+    t_path_depth = 0; /* valid again only once complete */
+    t_path_tag = ANNOUNCED(sess);
+    for (uint32_t i = depth - same; i-- > 0;) {
+        int dropped = 0;
+        node = child_of(h, t, node, frames[i], sess, &dropped);
+        if (node == 0)
+            return dropped ? INTERN_DROPPED : INTERN_FULL;
+        t_path_frames[i] = frames[i];
+        t_path_nodes[i] = node;
+    }
+    t_path_depth = depth;
+    *id = node;
+    return INTERN_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -733,38 +799,6 @@ static void emit_thread(struct rsprof_shm_header *h, uint32_t sess)
         t_thread_tag = SESSION_TAG(sess);
 }
 
-/* Per-thread cache of the last interned stack (allocation sites repeat):
- * a hit skips hashing and the table probe. Small, so it fits the static TLS. */
-#define LAST_STACK_FRAMES 16u
-static RSPROF_IE_TLS uint32_t t_last_depth;
-static RSPROF_IE_TLS uint32_t t_last_id;
-static RSPROF_IE_TLS uint64_t t_last_tag; /* SESSION_TAG of the session it was announced in */
-static RSPROF_IE_TLS uint64_t t_last_frames[LAST_STACK_FRAMES];
-
-static inline int last_stack_matches(const uint64_t *frames, uint32_t depth, uint32_t sess)
-{
-    if (t_last_id == 0 || depth != t_last_depth || t_last_tag != SESSION_TAG(sess))
-        return 0;
-    for (uint32_t i = 0; i < depth; i++)
-        if (t_last_frames[i] != frames[i])
-            return 0;
-    return 1;
-}
-
-static inline void remember_last_stack(const uint64_t *frames, uint32_t depth, uint32_t sess,
-                                       uint32_t id)
-{
-    if (depth > LAST_STACK_FRAMES) {
-        t_last_id = 0;
-        return;
-    }
-    for (uint32_t i = 0; i < depth; i++)
-        t_last_frames[i] = frames[i];
-    t_last_depth = depth;
-    t_last_tag = SESSION_TAG(sess);
-    t_last_id = id;
-}
-
 /* The slow path of an allocation record; `fp` is the frame of the API
  * function the allocator entry point called (skip its return address). */
 __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, void *ptr,
@@ -780,15 +814,7 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
         if (t_thread_tag != SESSION_TAG(sess))
             emit_thread(h, sess);
         uint32_t id = 0;
-        int r;
-        if (last_stack_matches(frames, depth, sess)) {
-            id = t_last_id; /* the same call site as last time: no table probe */
-            r = INTERN_OK;
-        } else {
-            r = intern(h, frames, depth, sess, &id);
-            if (r == INTERN_OK)
-                remember_last_stack(frames, depth, sess, id);
-        }
+        int r = intern(h, frames, depth, sess, &id);
         if (r == INTERN_DROPPED) {
             ADD_RLX(&h->dropped, 1);
             return;
@@ -816,7 +842,7 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
             return;
         if (LOAD_ACQ(&h->session) != sess) {
             /* A new reader attached between the announcement and the
-             * reservation: its STACK record may predate the new session. */
+             * reservation: its NODE records may predate the new session. */
             commit_pad(pos, rsize);
             continue;
         }

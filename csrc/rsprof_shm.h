@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #define RSPROF_SHM_MAGIC 0x314d4853464f5250ULL /* "PROFSHM1" little-endian */
-#define RSPROF_SHM_VERSION 3u /* 3: SAMPLE records carry period_ns */
+#define RSPROF_SHM_VERSION 4u /* 4: NODE records (a trie of stacks) */
 #define RSPROF_SHM_HEADER_BYTES 4096u
 #define RSPROF_SHM_NAME_PREFIX "rsprof-" /* /dev/shm/rsprof-<pid>-<16 hex> */
 #define RSPROF_SHM_ENV "RSPROF_SHM"      /* set by `rsprof run`: the region to use */
@@ -51,13 +51,14 @@
  * Every other record is variable-size: word = type << 60 | total size in bytes
  * (a multiple of 8, at least 8; bits 32..59 zero). */
 #define RSPROF_REC_PAD 1u       /* skip: size bytes of nothing */
-#define RSPROF_REC_STACK 2u     /* a new interned stack */
+#define RSPROF_REC_STACK 2u     /* a whole stack with an id (read; the shim sends NODEs) */
 #define RSPROF_REC_ALLOC 3u     /* an allocation with an interned stack (16 bytes) */
 #define RSPROF_REC_FREE 4u      /* a free (8 bytes) */
 #define RSPROF_REC_ALLOC_RAW 5u /* an allocation carrying its stack (intern table full) */
 #define RSPROF_REC_SAMPLE 6u    /* a CPU sample taken by the SIGPROF self-sampler */
 #define RSPROF_REC_THREAD 7u    /* a thread name (tid, comm) */
 #define RSPROF_REC_ALLOC_BIG 8u /* an allocation too big (or a stack id too high) for ALLOC */
+#define RSPROF_REC_NODE 9u      /* a new stack-trie node (24 bytes) */
 
 #define RSPROF_REC_TYPE_SHIFT 60
 #define RSPROF_PTR_MASK ((1ull << 60) - 1)
@@ -100,7 +101,7 @@ struct rsprof_shm_header {
     uint64_t reserve;        /* atomic: bytes reserved by writers so far */
     uint64_t dropped;        /* atomic: records not written (signal handler, full, stopped) */
     uint64_t waits;          /* atomic: times a writer waited for ring space */
-    uint64_t interned;       /* atomic: stacks interned by the shim */
+    uint64_t interned;       /* atomic: stack-trie nodes made by the shim (NODE records) */
     uint64_t raw_stacks;     /* atomic: allocations written with raw stacks (table full) */
     uint64_t truncated;      /* atomic: stacks cut at RSPROF_MAX_FRAMES */
     /* reader side */
@@ -132,6 +133,19 @@ struct rsprof_rec_stack {
     uint32_t stack_id;
     uint32_t depth;
     /* uint64_t frames[depth] follow */
+};
+
+/* RSPROF_REC_NODE: header = RSPROF_REC_HEADER(RSPROF_REC_NODE, 24). The shim
+ * interns stacks as a trie (heaptrack's trace tree): the stack of node
+ * `node_id` is [ret] followed by the stack of `parent_id` (0: the root, the
+ * empty stack). Ids start at 1; a parent is always written before its
+ * children (in every reader session) and parent_id < node_id. ALLOC and
+ * ALLOC_BIG stack ids name nodes. */
+struct rsprof_rec_node {
+    uint64_t header;
+    uint32_t node_id;
+    uint32_t parent_id;
+    uint64_t ret; /* a return address, as walked */
 };
 
 /* RSPROF_REC_ALLOC: header = RSPROF_ALLOC_WORD(stack_id, size) */
@@ -195,6 +209,7 @@ _Static_assert(__builtin_offsetof(struct rsprof_shm_header, state) == 100, "stat
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, start_gate) == 116, "start_gate");
 _Static_assert(sizeof(struct rsprof_rec_stack) == 16, "stack record");
 _Static_assert(sizeof(struct rsprof_rec_alloc) == 16, "alloc record");
+_Static_assert(sizeof(struct rsprof_rec_node) == 24, "node record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_big) == 32, "big alloc record");
 _Static_assert(sizeof(struct rsprof_rec_free) == 8, "free record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_raw) == 32, "raw alloc record");

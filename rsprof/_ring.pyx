@@ -12,7 +12,7 @@ a return address minus 1, so each is a lookup address as is.
 """
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
@@ -1012,6 +1012,7 @@ cdef extern from "rsprof_reader.h":
         RSPROF_REC_SAMPLE
         RSPROF_REC_THREAD
         RSPROF_REC_ALLOC_BIG
+        RSPROF_REC_NODE
         RSPROF_REC_TYPE_SHIFT
         RSPROF_ALLOC_SIZE_BITS
     uint64_t RSPROF_PTR_MASK
@@ -1041,6 +1042,7 @@ REC_ALLOC_RAW = RSPROF_REC_ALLOC_RAW
 REC_SAMPLE = RSPROF_REC_SAMPLE
 REC_THREAD = RSPROF_REC_THREAD
 REC_ALLOC_BIG = RSPROF_REC_ALLOC_BIG
+REC_NODE = RSPROF_REC_NODE
 REC_TYPE_SHIFT = RSPROF_REC_TYPE_SHIFT
 ALLOC_SIZE_BITS = RSPROF_ALLOC_SIZE_BITS
 PTR_MASK = RSPROF_PTR_MASK
@@ -1056,7 +1058,16 @@ DEF SHM_MAX_FRAMES_ACCEPTED = 1024
 # The longest CPU time one self-sample may stand for (its period_ns): a minute.
 DEF SHM_MAX_SAMPLE_PERIOD_NS = 60_000_000_000
 SHM_MAX_SAMPLE_PERIOD = SHM_MAX_SAMPLE_PERIOD_NS
-DEF NO_STACK = 0xffffffff
+# "None" in the u32 id arrays: a C constant (a DEF of 0xffffffff is a Python int,
+# and comparing a C value with it boxes the value).
+cdef extern from *:
+    """
+    #define RSPROF_NO_ID 0xffffffffu
+    """
+    const uint32_t NO_STACK "RSPROF_NO_ID"
+    const uint32_t NO_NODE "RSPROF_NO_ID"
+# The highest shim stack / node id accepted in STACK and NODE records.
+DEF SHIM_MAX_ID = 0x7fffffff
 
 
 cdef struct LiveSlot:
@@ -1072,13 +1083,21 @@ cdef class HeapDecoder:
     The live-allocation table (pointer -> size, stack) is a C open-addressing
     hash with backward-shift deletion; per-stack totals are C arrays indexed
     by StackTable id. Nothing per event becomes a Python object.
+
+    Shim stack ids name nodes of the shim's stack trie (NODE records: a node's
+    stack is its return address followed by its parent's stack; 0 is the root,
+    the empty stack) or whole stacks (STACK records); both share one id space.
+    Each id maps to a node of `stacks` and, once something is charged to it,
+    to its StackTable id.
     """
 
     cdef public StackTable stacks
     cdef LiveSlot* live
     cdef uint64_t live_cap
     cdef uint64_t live_count
-    cdef uint32_t* shim_ids       # shim stack id -> StackTable id (NO_STACK unknown)
+    cdef uint32_t* shim_ids       # shim id -> StackTable id (NO_STACK: none yet)
+    cdef uint32_t* shim_nodes     # shim id -> StackTable trie node (NO_NODE: unknown)
+    cdef uint16_t* shim_depth     # shim id -> depth of its stack
     cdef uint64_t shim_ids_cap
     cdef uint64_t* allocs
     cdef uint64_t* alloc_bytes
@@ -1107,12 +1126,12 @@ cdef class HeapDecoder:
         self.stacks = stacks
         self.live_cap = 1 << 16
         self.live = <LiveSlot*>calloc(self.live_cap, sizeof(LiveSlot))
-        self.shim_ids_cap = 1024
-        self.shim_ids = <uint32_t*>malloc(self.shim_ids_cap * sizeof(uint32_t))
         self.frames = <uint64_t*>calloc(SHM_MAX_FRAMES_ACCEPTED + 1, sizeof(uint64_t))
-        if not (self.live and self.shim_ids and self.frames):
+        if not (self.live and self.frames):
             raise MemoryError()
-        memset(self.shim_ids, 0xff, self.shim_ids_cap * sizeof(uint32_t))
+        self._grow_shim_ids(1024)
+        self.shim_nodes[0] = 0  # id 0: the root, the empty stack
+        self.shim_depth[0] = 0
         self.sites_cap = 0
         self._grow_sites(1024)
         self.threads = []
@@ -1120,6 +1139,8 @@ cdef class HeapDecoder:
     def __dealloc__(self):
         free(self.live)
         free(self.shim_ids)
+        free(self.shim_nodes)
+        free(self.shim_depth)
         free(self.frames)
         free(self.allocs)
         free(self.alloc_bytes)
@@ -1147,6 +1168,32 @@ cdef class HeapDecoder:
         self.changed = <uint8_t*>_resized(self.changed, cap, old)
         self.changed_list = <uint32_t*>_resized(self.changed_list, cap * 4, old * 4)
         self.sites_cap = cap
+        return 0
+
+    cdef int _grow_shim_ids(self, uint64_t need) except -1:
+        cdef uint64_t old = self.shim_ids_cap
+        cdef uint64_t cap = old if old else 1024
+        while cap < need:
+            cap *= 2
+        if cap == old:
+            return 0
+        # Keep the ids mapped so far (old bytes): growing once zeroed them, and
+        # every allocation of an earlier stack went to stack 0. New ids: unknown.
+        self.shim_ids = <uint32_t*>_resized(self.shim_ids, cap * 4, old * 4)
+        self.shim_nodes = <uint32_t*>_resized(self.shim_nodes, cap * 4, old * 4)
+        self.shim_depth = <uint16_t*>_resized(self.shim_depth, cap * 2, old * 2)
+        memset(self.shim_ids + old, 0xff, (cap - old) * 4)
+        memset(self.shim_nodes + old, 0xff, (cap - old) * 4)
+        self.shim_ids_cap = cap
+        return 0
+
+    cdef int _map_shim_id(self, uint32_t shim_id, uint32_t node, uint32_t depth,
+                          uint32_t sid) except -1:
+        if shim_id >= self.shim_ids_cap:
+            self._grow_shim_ids(<uint64_t>shim_id + 1)
+        self.shim_nodes[shim_id] = node
+        self.shim_depth[shim_id] = <uint16_t>depth
+        self.shim_ids[shim_id] = sid
         return 0
 
     # -- live table -----------------------------------------------------------
@@ -1258,8 +1305,11 @@ cdef class HeapDecoder:
             self.unknown_frees += 1
         return 0
 
-    cdef int _intern_walked(self, const uint8_t* p, uint32_t depth) except -1:
-        """Intern a stack of return addresses as lookup addresses (each minus one)."""
+    cdef int64_t _walked_node(self, const uint8_t* p, uint32_t depth,
+                              uint32_t* kept) except -1:
+        """The trie node of a stack of return addresses as lookup addresses (each
+        minus one), cut at the first impossible address (that one and all outside
+        it are dropped); *kept: the frames kept."""
         cdef uint32_t i, n = 0
         cdef uint64_t a
         for i in range(depth):
@@ -1268,20 +1318,66 @@ cdef class HeapDecoder:
                 break
             self.frames[n] = a - 1
             n += 1
-        return self.stacks.intern(self.frames, n)
+        kept[0] = n
+        return self.stacks.node_of(self.frames, n)
 
     cdef int _alloc_by_id(self, uint64_t ptr, uint64_t nbytes, uint32_t shim_id) except -1:
-        cdef int64_t sid
-        if shim_id >= self.shim_ids_cap or self.shim_ids[shim_id] == NO_STACK:
-            self.unknown_stack_allocs += 1
-            sid = self.stacks.intern(self.frames, 0)  # the empty stack: "unknown"
-        else:
+        cdef uint32_t sid
+        if shim_id < self.shim_ids_cap:
             sid = self.shim_ids[shim_id]
+            if sid != NO_STACK:
+                return self._alloc(ptr, nbytes, sid)
+        return self._alloc_first(ptr, nbytes, shim_id)
+
+    cdef int _alloc_first(self, uint64_t ptr, uint64_t nbytes, uint32_t shim_id) except -1:
+        """An allocation naming a shim id with no stack id yet: a node's first
+        charge makes it a stack; an id never announced is charged to the empty
+        stack and counted."""
+        cdef int64_t sid
+        if shim_id < self.shim_ids_cap and self.shim_nodes[shim_id] != NO_NODE:
+            sid = self.stacks.stack_of_node(self.shim_nodes[shim_id])
+            self.shim_ids[shim_id] = <uint32_t>sid
+        else:
+            self.unknown_stack_allocs += 1
+            sid = self.stacks.stack_of_node(0)  # the empty stack: "unknown"
         return self._alloc(ptr, nbytes, <uint32_t>sid)
+
+    cdef int _node(self, const uint8_t* rec, uint32_t size, uint32_t max_frames) except -1:
+        """A NODE record: shim node node_id is [ret] + the stack of parent_id."""
+        cdef uint32_t node_id, parent_id, parent, depth
+        cdef uint64_t ret
+        if size != 24:
+            self.malformed += 1
+            return 0
+        memcpy(&node_id, rec + 8, 4)
+        memcpy(&parent_id, rec + 12, 4)
+        memcpy(&ret, rec + 16, 8)
+        if parent_id >= node_id or node_id > SHIM_MAX_ID:  # so node_id >= 1
+            self.malformed += 1
+            return 0
+        if parent_id == 0:
+            parent = 0
+            depth = 0
+        elif parent_id < self.shim_ids_cap and self.shim_nodes[parent_id] != NO_NODE:
+            parent = self.shim_nodes[parent_id]
+            depth = self.shim_depth[parent_id]
+        else:
+            self.malformed += 1  # the parent was never announced
+            return 0
+        if ret < MIN_CODE_ADDRESS or ret > MAX_USER_ADDRESS:
+            # An impossible address cuts the stack there, like _walked_node: the
+            # node stands for the root, its children for stacks without it.
+            self._map_shim_id(node_id, 0, 0, NO_STACK)
+        elif depth >= max_frames or depth >= SHM_MAX_FRAMES_ACCEPTED:
+            self.malformed += 1  # deeper than any stack the shim sends
+        else:
+            self._map_shim_id(node_id, self.stacks.child(parent, ret - 1), depth + 1,
+                              NO_STACK)
+        return 0
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size,
                      uint32_t max_frames) except -1:
-        cdef uint32_t shim_id, depth, tid, n
+        cdef uint32_t shim_id, depth, tid, n, node
         cdef uint64_t ptr, nbytes, word
         cdef int64_t sid
         memcpy(&word, rec, 8)
@@ -1305,20 +1401,14 @@ cdef class HeapDecoder:
                 return 0
             memcpy(&shim_id, rec + 8, 4)
             memcpy(&depth, rec + 12, 4)
-            if depth > max_frames or size != 16 + 8 * depth or shim_id > 0x7fffffff:
+            if depth > max_frames or size != 16 + 8 * depth or shim_id > SHIM_MAX_ID:
                 self.malformed += 1
                 return 0
-            sid = self._intern_walked(rec + 16, depth)
-            while shim_id >= self.shim_ids_cap:
-                # Keep the ids mapped so far (old_bytes): growing used to zero them,
-                # and every allocation of an earlier stack went to stack 0.
-                self.shim_ids = <uint32_t*>_resized(self.shim_ids,
-                                                    self.shim_ids_cap * 2 * sizeof(uint32_t),
-                                                    self.shim_ids_cap * sizeof(uint32_t))
-                memset(self.shim_ids + self.shim_ids_cap, 0xff,
-                       self.shim_ids_cap * sizeof(uint32_t))
-                self.shim_ids_cap *= 2
-            self.shim_ids[shim_id] = <uint32_t>sid
+            node = <uint32_t>self._walked_node(rec + 16, depth, &n)
+            sid = self.stacks.stack_of_node(node)
+            self._map_shim_id(shim_id, node, n, <uint32_t>sid)
+        elif rtype == RSPROF_REC_NODE:
+            self._node(rec, size, max_frames)
         elif rtype == RSPROF_REC_ALLOC_RAW:
             if size < 32:
                 self.malformed += 1
@@ -1329,7 +1419,7 @@ cdef class HeapDecoder:
             if depth > max_frames or size != 32 + 8 * depth:
                 self.malformed += 1
                 return 0
-            sid = self._intern_walked(rec + 32, depth)
+            sid = self.stacks.stack_of_node(<uint32_t>self._walked_node(rec + 32, depth, &n))
             self._alloc(ptr, nbytes, <uint32_t>sid)
         elif rtype == RSPROF_REC_THREAD:
             if size != 32:
@@ -1363,19 +1453,27 @@ cdef class HeapDecoder:
 
     # -- results ----------------------------------------------------------------
 
-    def take_changed(self) -> list:
+    def take_changed(self, uint64_t limit=0) -> list:
         """(stack_id, allocs, alloc_bytes, frees, free_bytes, live_bytes, peak_live_bytes)
-        of every site that changed since the last call (totals, not deltas)."""
+        of sites that changed since they were last taken (totals, not deltas): all of
+        them, or at most `limit` (0: no limit), the others at a later call."""
         cdef list out = []
-        cdef uint64_t i
+        cdef uint64_t i, first = 0
         cdef uint32_t s
-        for i in range(self.n_changed):
+        if limit and limit < self.n_changed:
+            first = self.n_changed - limit  # from the end: the rest stay in place
+        for i in range(first, self.n_changed):
             s = self.changed_list[i]
             self.changed[s] = 0
             out.append((s, self.allocs[s], self.alloc_bytes[s], self.frees[s],
                         self.free_bytes[s], self.live_bytes[s], self.peak_bytes[s]))
-        self.n_changed = 0
+        self.n_changed = first
         return out
+
+    @property
+    def pending_sites(self) -> int:
+        """Sites changed and not taken yet."""
+        return self.n_changed
 
     def take_threads(self) -> list:
         cdef list out = self.threads

@@ -16,22 +16,24 @@ cdef inline Py_ssize_t range_index(const uint64_t* starts, const uint64_t* ends,
         return -1
     return lo - 1
 
-cdef struct StackSlot:
-    uint64_t hash
-    uint64_t offset   # index into the frame buffer
-    uint32_t length
-    uint32_t stack_id # id + 1; 0 marks an empty slot
+cdef struct TrieNode:
+    uint64_t frame    # this node's address: the innermost frame of its stack
+    uint32_t parent   # the node of the stack without that frame (node 0: the root)
+    uint32_t stack    # the stack id of the stack ending here, or NO_ID
 
 cdef class StackTable:
-    cdef StackSlot* slots
-    cdef uint64_t capacity      # power of two
-    cdef uint64_t count
-    cdef uint64_t* frames
-    cdef uint64_t frames_len
-    cdef uint64_t frames_cap
-    cdef uint64_t* offsets      # per stack id: offset, length packed in two arrays
-    cdef uint32_t* lengths
+    cdef TrieNode* nodes        # node 0 is the root, the empty stack
+    cdef uint64_t n_nodes
+    cdef uint64_t nodes_cap
+    cdef uint32_t* index        # open addressing by (parent, frame): node ids, 0 empty
+    cdef uint64_t index_cap     # power of two
+    cdef uint32_t* stack_node   # per stack id: its node and its depth
+    cdef uint32_t* stack_depth
+    cdef uint64_t count         # stacks
     cdef uint64_t ids_cap
     cdef uint64_t new_from      # first stack id not yet handed out by take_new()
-    cdef int _grow_slots(self) except -1
+    cdef int _grow_index(self) except -1
+    cdef uint32_t child(self, uint32_t parent, uint64_t frame) except 0
+    cdef int64_t node_of(self, const uint64_t* frames, uint32_t n) except -1
+    cdef int64_t stack_of_node(self, uint32_t node) except -1
     cdef int64_t intern(self, const uint64_t* frames, uint32_t n) except -1

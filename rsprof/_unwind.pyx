@@ -1,162 +1,205 @@
 # cython: language_level=3
-"""Stack deduplication by hashing, and address-to-interval lookup.
+"""Stack interning as a prefix tree, and address-to-interval lookup.
 
 `StackTable` interns stacks (arrays of lookup addresses) and hands out dense
-ids; equal stacks always get the same id, and a hash hit is confirmed by a
-full comparison so two different stacks never merge. `IntervalMap` answers
-"which [start, end) range holds this address" over sorted arrays.
+ids; equal stacks always get the same id and different ones never merge.
+Stacks live in a trie keyed by (parent node, frame), outermost frame nearest
+the root, so stacks that share their outer frames share that storage.
+`IntervalMap` answers "which [start, end) range holds this address" over
+sorted arrays.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcmp, memcpy
 
 
-cdef inline uint64_t _hash_frames(const uint64_t* frames, uint32_t n) noexcept nogil:
-    # FNV-1a over 64-bit words with a final avalanche (splitmix64 finalizer).
-    cdef uint64_t h = 0xcbf29ce484222325ULL ^ n
-    cdef uint32_t i
-    for i in range(n):
-        h ^= frames[i]
-        h *= 0x100000001b3ULL
-        h ^= h >> 29
-    h ^= h >> 33
-    h *= 0xff51afd7ed558ccdULL
-    h ^= h >> 33
-    h *= 0xc4ceb9fe1a85ec53ULL
-    h ^= h >> 33
+# "None" in the u32 id fields: a C constant (a DEF of 0xffffffff is a Python int,
+# and comparing a C value with it boxes the value).
+cdef extern from *:
+    """
+    #define RSPROF_NO_ID 0xffffffffu
+    """
+    const uint32_t NO_ID "RSPROF_NO_ID"
+
+
+cdef inline uint64_t _edge_hash(uint32_t parent, uint64_t frame) noexcept nogil:
+    cdef uint64_t h = frame * 0x9e3779b97f4a7c15ULL ^ (<uint64_t>parent * 0xc2b2ae3d27d4eb4fULL)
+    h ^= h >> 29
+    h *= 0xbf58476d1ce4e5b9ULL
+    h ^= h >> 32
     return h
 
 
-def hash_stack(frames) -> int:
-    """The hash StackTable uses, for tests (frames: a sequence of ints)."""
-    cdef list values = list(frames)
-    cdef uint32_t n = len(values)
-    cdef uint64_t* buf = <uint64_t*>calloc(n + 1, sizeof(uint64_t))
-    if buf == NULL:
+cdef void* _grown(void* p, uint64_t nbytes) except NULL:
+    cdef void* q = realloc(p, nbytes)
+    if q == NULL:
         raise MemoryError()
-    try:
-        for i in range(n):
-            buf[i] = values[i]
-        return _hash_frames(buf, n)
-    finally:
-        free(buf)
+    return q
 
 
 cdef class StackTable:
-    """Insert-only interning table: stack (uint64 addresses) -> dense id."""
+    """Insert-only interning table: stack (uint64 addresses) -> dense id.
+
+    Storage is a trie: per node its frame, parent and stack id (16 bytes),
+    a hash index of node ids by (parent, frame), and per stack id its node
+    and depth. A node becomes a stack only when something is interned or
+    charged to it (`stack_of_node`).
+    """
 
     def __cinit__(self, uint64_t initial_capacity=1024):
         cdef uint64_t cap = 16
         while cap < initial_capacity:
             cap <<= 1
-        self.capacity = cap
-        self.slots = <StackSlot*>calloc(cap, sizeof(StackSlot))
-        self.frames_cap = 4096
-        self.frames = <uint64_t*>calloc(self.frames_cap, sizeof(uint64_t))
-        self.ids_cap = 1024
-        self.offsets = <uint64_t*>calloc(self.ids_cap, sizeof(uint64_t))
-        self.lengths = <uint32_t*>calloc(self.ids_cap, sizeof(uint32_t))
-        if not (self.slots and self.frames and self.offsets and self.lengths):
+        self.index_cap = cap
+        self.index = <uint32_t*>calloc(cap, sizeof(uint32_t))
+        self.nodes_cap = cap
+        self.nodes = <TrieNode*>calloc(cap, sizeof(TrieNode))
+        self.ids_cap = cap
+        self.stack_node = <uint32_t*>calloc(cap, sizeof(uint32_t))
+        self.stack_depth = <uint32_t*>calloc(cap, sizeof(uint32_t))
+        if not (self.index and self.nodes and self.stack_node and self.stack_depth):
             raise MemoryError()
+        self.nodes[0].frame = 0
+        self.nodes[0].parent = 0
+        self.nodes[0].stack = NO_ID
+        self.n_nodes = 1
         self.count = 0
-        self.frames_len = 0
         self.new_from = 0
 
     def __dealloc__(self):
-        free(self.slots)
-        free(self.frames)
-        free(self.offsets)
-        free(self.lengths)
+        free(self.index)
+        free(self.nodes)
+        free(self.stack_node)
+        free(self.stack_depth)
 
     def __len__(self):
         return self.count
 
-    cdef int _grow_slots(self) except -1:
-        cdef uint64_t new_cap = self.capacity * 2
-        cdef StackSlot* new_slots = <StackSlot*>calloc(new_cap, sizeof(StackSlot))
-        cdef uint64_t i, j
-        if new_slots == NULL:
+    @property
+    def node_count(self) -> int:
+        """Trie nodes, the root included."""
+        return self.n_nodes
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of C memory held (allocated capacity, not only what is used)."""
+        return (self.nodes_cap * sizeof(TrieNode) + self.index_cap * sizeof(uint32_t)
+                + self.ids_cap * 2 * sizeof(uint32_t))
+
+    cdef int _grow_index(self) except -1:
+        cdef uint64_t cap = self.index_cap * 2, mask = cap - 1, i, node
+        cdef uint32_t* index = <uint32_t*>calloc(cap, sizeof(uint32_t))
+        if index == NULL:
             raise MemoryError()
-        for i in range(self.capacity):
-            if self.slots[i].stack_id != 0:
-                j = self.slots[i].hash & (new_cap - 1)
-                while new_slots[j].stack_id != 0:
-                    j = (j + 1) & (new_cap - 1)
-                new_slots[j] = self.slots[i]
-        free(self.slots)
-        self.slots = new_slots
-        self.capacity = new_cap
+        for node in range(1, self.n_nodes):
+            i = _edge_hash(self.nodes[node].parent, self.nodes[node].frame) & mask
+            while index[i] != 0:
+                i = (i + 1) & mask
+            index[i] = <uint32_t>node
+        free(self.index)
+        self.index = index
+        self.index_cap = cap
         return 0
 
-    cdef int64_t intern(self, const uint64_t* frames, uint32_t n) except -1:
-        cdef uint64_t h = _hash_frames(frames, n)
+    cdef uint32_t child(self, uint32_t parent, uint64_t frame) except 0:
+        """The node of [frame] + the stack of `parent`, made if new (never 0)."""
         cdef uint64_t mask, i
-        cdef StackSlot* slot
-        cdef void* p
-        if (self.count + 1) * 4 >= self.capacity * 3:
-            self._grow_slots()
-        mask = self.capacity - 1
-        i = h & mask
+        cdef uint32_t node
+        if parent >= self.n_nodes:
+            raise IndexError(parent)
+        if (self.n_nodes + 1) * 4 >= self.index_cap * 3:
+            self._grow_index()
+        mask = self.index_cap - 1
+        i = _edge_hash(parent, frame) & mask
         while True:
-            slot = &self.slots[i]
-            if slot.stack_id == 0:
+            node = self.index[i]
+            if node == 0:
                 break
-            if (slot.hash == h and slot.length == n and
-                    memcmp(&self.frames[slot.offset], frames, n * sizeof(uint64_t)) == 0):
-                return slot.stack_id - 1
+            if self.nodes[node].frame == frame and self.nodes[node].parent == parent:
+                return node
             i = (i + 1) & mask
-        # New stack: append its frames, record its slot.
-        while self.frames_len + n > self.frames_cap:
-            p = realloc(self.frames, self.frames_cap * 2 * sizeof(uint64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.frames = <uint64_t*>p
-            self.frames_cap *= 2
-        if self.count >= self.ids_cap:
-            p = realloc(self.offsets, self.ids_cap * 2 * sizeof(uint64_t))
-            if p == NULL:
-                raise MemoryError()
-            self.offsets = <uint64_t*>p
-            p = realloc(self.lengths, self.ids_cap * 2 * sizeof(uint32_t))
-            if p == NULL:
-                raise MemoryError()
-            self.lengths = <uint32_t*>p
+        if self.n_nodes >= NO_ID:
+            raise OverflowError("stack trie full")
+        if self.n_nodes == self.nodes_cap:
+            self.nodes = <TrieNode*>_grown(self.nodes, self.nodes_cap * 2 * sizeof(TrieNode))
+            self.nodes_cap *= 2
+        node = <uint32_t>self.n_nodes
+        self.nodes[node].frame = frame
+        self.nodes[node].parent = parent
+        self.nodes[node].stack = NO_ID
+        self.index[i] = node
+        self.n_nodes += 1
+        return node
+
+    cdef int64_t node_of(self, const uint64_t* frames, uint32_t n) except -1:
+        """The node of a stack (frames innermost first), made if new."""
+        cdef uint32_t node = 0
+        while n:
+            n -= 1
+            node = self.child(node, frames[n])
+        return node
+
+    cdef int64_t stack_of_node(self, uint32_t node) except -1:
+        """The stack id of the stack ending at `node`, given one if it has none."""
+        cdef uint32_t depth = 0, up
+        cdef uint32_t sid
+        if node >= self.n_nodes:
+            raise IndexError(node)
+        sid = self.nodes[node].stack
+        if sid != NO_ID:
+            return sid
+        if self.count >= NO_ID:
+            raise OverflowError("too many stacks")
+        if self.count == self.ids_cap:
+            self.stack_node = <uint32_t*>_grown(self.stack_node,
+                                                self.ids_cap * 2 * sizeof(uint32_t))
+            self.stack_depth = <uint32_t*>_grown(self.stack_depth,
+                                                 self.ids_cap * 2 * sizeof(uint32_t))
             self.ids_cap *= 2
-        if n:
-            memcpy(&self.frames[self.frames_len], frames, n * sizeof(uint64_t))
-        slot.hash = h
-        slot.offset = self.frames_len
-        slot.length = n
-        slot.stack_id = <uint32_t>(self.count + 1)
-        self.offsets[self.count] = self.frames_len
-        self.lengths[self.count] = n
-        self.frames_len += n
+        up = node
+        while up != 0:
+            up = self.nodes[up].parent
+            depth += 1
+        sid = <uint32_t>self.count
+        self.stack_node[sid] = node
+        self.stack_depth[sid] = depth
+        self.nodes[node].stack = sid
         self.count += 1
-        return self.count - 1
+        return sid
+
+    cdef int64_t intern(self, const uint64_t* frames, uint32_t n) except -1:
+        return self.stack_of_node(<uint32_t>self.node_of(frames, n))
 
     def intern_list(self, frames) -> int:
-        """Intern a stack given as a sequence of ints; returns its id."""
+        """Intern a stack given as a sequence of ints (innermost first); returns its id."""
         cdef list values = list(frames)
-        cdef uint32_t n = len(values)
-        cdef uint64_t* buf = <uint64_t*>calloc(n + 1, sizeof(uint64_t))
-        if buf == NULL:
-            raise MemoryError()
-        try:
-            for i in range(n):
-                buf[i] = values[i]
-            return self.intern(buf, n)
-        finally:
-            free(buf)
+        cdef Py_ssize_t i = len(values)
+        cdef uint32_t node = 0
+        while i:
+            i -= 1
+            node = self.child(node, values[i])
+        return self.stack_of_node(node)
+
+    def add_child(self, uint32_t parent, uint64_t frame) -> int:
+        """The node of [frame] + the stack of node `parent`, made if new (tests)."""
+        return self.child(parent, frame)
+
+    def stack_of(self, uint32_t node) -> int:
+        """The stack id of the stack ending at `node`, given one if it has none (tests)."""
+        return self.stack_of_node(node)
 
     def frames_of(self, uint64_t stack_id) -> list:
         """The addresses of one stack, innermost first."""
         if stack_id >= self.count:
             raise IndexError(stack_id)
-        cdef uint64_t off = self.offsets[stack_id]
-        cdef uint32_t n = self.lengths[stack_id]
-        return [self.frames[off + i] for i in range(n)]
+        cdef uint32_t node = self.stack_node[stack_id]
+        cdef uint32_t i, n = self.stack_depth[stack_id]
+        cdef list out = [None] * n
+        for i in range(n):
+            out[i] = self.nodes[node].frame
+            node = self.nodes[node].parent
+        return out
 
     def take_new(self, uint64_t limit=0) -> list:
         """Stacks interned since the last call, as (id, list of addresses); at most

@@ -56,6 +56,7 @@ REC_ALLOC_RAW = _ring.REC_ALLOC_RAW
 REC_SAMPLE = _ring.REC_SAMPLE
 REC_THREAD = _ring.REC_THREAD
 REC_ALLOC_BIG = _ring.REC_ALLOC_BIG
+REC_NODE = _ring.REC_NODE
 _TYPE_SHIFT = _ring.REC_TYPE_SHIFT
 _SIZE_BITS = _ring.ALLOC_SIZE_BITS
 
@@ -72,6 +73,7 @@ _MAX_SAMPLE_FRAMES = 1024
 _RAW = struct.Struct("<QQII")  # ptr, size, depth, reserved
 _BIG = struct.Struct("<IIQQ")  # stack_id, reserved, ptr, size
 _STACK = struct.Struct("<II")  # stack_id, depth
+_NODE = struct.Struct("<IIQ")  # node_id, parent_id, ret
 _THREAD = struct.Struct("<II16s")  # tid, reserved, name
 _SAMPLE = struct.Struct("<IIQQ")  # tid, depth, time_ns, period_ns
 
@@ -82,6 +84,8 @@ class RegionError(RsprofError):
 
 @dataclass(frozen=True)
 class StackRecord:
+    """A STACK record, or a NODE record with the frames of its whole stack."""
+
     stack_id: int
     frames: tuple[int, ...]
 
@@ -169,6 +173,8 @@ class ShmReader:
         self._data = self._view[HEADER_BYTES:HEADER_BYTES + self.ring_size]
         self._data_q = self._data.cast("Q")
         self.counters = Counters()
+        # The stacks of the stack-trie nodes seen (NODE records); 0 is the root.
+        self.nodes: dict[int, tuple[int, ...]] = {0: ()}
 
     # -- construction ----------------------------------------------------------
 
@@ -396,7 +402,14 @@ class ShmReader:
         if rtype == REC_ALLOC_BIG and n == 32:
             sid, _, ptr, size = _BIG.unpack_from(body)
             return AllocRecord(ptr, size, sid)
-        if rtype == REC_STACK and n >= 16:
+        if rtype == REC_NODE and n == 24:
+            nid, parent, ret = _NODE.unpack_from(body)
+            up = self.nodes.get(parent)
+            if nid >= 1 and parent < nid and up is not None and len(up) < self.max_frames:
+                frames = (ret, *up)
+                self.nodes[nid] = frames
+                return StackRecord(nid, frames)
+        elif rtype == REC_STACK and n >= 16:
             sid, depth = _STACK.unpack_from(body)
             if depth <= self.max_frames and n == 16 + 8 * depth:
                 return StackRecord(sid, self._frames(body, 8, depth))

@@ -39,6 +39,13 @@ from rsprof.symbols.elf import read_elf_identity
 from rsprof.symbols.resolver import Symbolizer
 
 STACK_CHUNK = 8192  # new stacks symbolized and stored at a time
+# Per-stack heap rows (heap_sites, heap_counts) cost the reader ~2.7 us each. A program
+# that changes more stacks than this per second (binary-trees: 131 k every second) gets
+# its rows every few intervals instead of every one, so that writing them never takes
+# more than a fraction of a core (docs/schema.md: heap_counts).
+HEAP_ROWS_PER_S = 50_000
+HEAP_BATCH_MAX = 65_536  # changed sites set aside at an interval boundary, at most
+HEAP_ROWS_CHUNK = 16_384  # changed sites taken (and written) at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class Recorder:
         self._heap_drained_ns = 0  # when the previous drain read the ring
         self._heap_interval = 0  # the interval the decoder's pending changes belong to
         self._heap_batches: list[tuple[int, list[_ring.SiteTotals]]] = []  # for _flush
+        self._heap_rows_next_ns = 0  # per-stack rows may be written again from then on
         self.code_map = CodeMap(target.pid, target.executable)
         self.started = threading.Event()  # set once the profile holds the recording
         self.heap_not_seen = ""  # why the heap shim saw nothing (own_allocator.py)
@@ -141,9 +149,10 @@ class Recorder:
         middle = (self._heap_drained_ns + now_ns) // 2
         interval = max(self._heap_interval, (middle - self._start_ns) // self._interval_ns)
         if interval != self._heap_interval:
-            changed = self.heap_decoder.take_changed()
-            if changed:
-                self._heap_batches.append((self._heap_interval, changed))
+            pending = self.heap_decoder.pending_sites
+            if 0 < pending <= HEAP_BATCH_MAX and now_ns >= self._heap_rows_next_ns:
+                self._heap_batches.append((self._heap_interval,
+                                           self.heap_decoder.take_changed()))
             self._heap_interval = interval
         self._heap_drained_ns = now_ns
         drained = self.heap.ring.drain(self.heap_decoder)
@@ -316,7 +325,7 @@ class Recorder:
                 self.heap.ring.detach()
                 while self._drain_heap():  # records reserved before the detach
                     pass
-            self._flush(decoder, stacks, symbolizer, writer)
+            self._flush(decoder, stacks, symbolizer, writer, final=True)
         finally:
             if self.heap is not None and self.heap_decoder is not None:
                 self.heap.ring.detach()
@@ -356,7 +365,7 @@ class Recorder:
             self.heap.ring.wake_sampler(self.target.pid)
 
     def _flush(self, decoder: _ring.PerfDecoder, stacks: _unwind.StackTable,
-               symbolizer: Symbolizer, writer: ProfileWriter) -> None:
+               symbolizer: Symbolizer, writer: ProfileWriter, final: bool = False) -> None:
         self._wake_sampler()
         pid = self.target.pid
         for kind, ev_pid, tid, _t, name in decoder.take_events():
@@ -366,31 +375,16 @@ class Recorder:
                 writer.set_thread_name(tid, name)
             elif kind == "fork" and tid not in writer.thread_names():
                 writer.set_thread_name(tid, thread_name(pid, tid) or str(tid))
-        # New stacks in chunks: rsprof's memory stays bounded however many stacks an
-        # interval brings (binary-trees: 131 k at once), and the heap ring is drained
-        # between chunks, so a long flush does not keep a program waiting for space.
-        while new_stacks := stacks.take_new(STACK_CHUNK):
-            wanted = writer.unknown_addresses(new_stacks)
-            if wanted:
-                resolved = symbolizer.resolve(wanted)
-                unknown = [a for a, r in resolved.items() if r.module == "[unknown]"]
-                if unknown and is_alive(pid):
-                    symbolizer.refresh_maps()
-                    _set_code_ranges(decoder, self.code_map, symbolizer)
-                    _set_code_facts(decoder, self.code_map, symbolizer)
-                    resolved.update(symbolizer.resolve(unknown))
-                writer.add_addresses(resolved)
-            writer.add_stacks(new_stacks)
-            del new_stacks
-            self._drain_heap()
+        self._store_new_stacks(decoder, stacks, symbolizer, writer)
         if self.heap is not None and self.heap_decoder is not None:
-            for interval, changed in self._heap_batches:  # oldest first
-                writer.add_heap_sites(interval, changed)
-            self._heap_batches.clear()
-            writer.add_heap_sites(self._heap_interval, self.heap_decoder.take_changed())
+            self._write_heap_sites(
+                writer, final, lambda: self._store_new_stacks(decoder, stacks, symbolizer,
+                                                              writer))
             for tid, name in self.heap_decoder.take_threads():
                 writer.set_thread_name(tid, name)
             self._heap_counters(writer)
+            # Self-sampled CPU stacks the drains above interned.
+            self._store_new_stacks(decoder, stacks, symbolizer, writer)
         counts = decoder.take_counts()
         for _iv, tid, _sid, _n, _ns in counts:
             if tid not in writer.thread_names():
@@ -406,6 +400,59 @@ class Recorder:
         c.broken_stacks = decoder.broken_chains
         c.scanned_stacks = decoder.scanned_stacks
         writer.commit()
+
+    def _store_new_stacks(self, decoder: _ring.PerfDecoder, stacks: _unwind.StackTable,
+                          symbolizer: Symbolizer, writer: ProfileWriter) -> None:
+        """Symbolize and store every stack interned so far.
+
+        In chunks: rsprof's memory stays bounded however many stacks an interval
+        brings (binary-trees: 131 k at once), and the heap ring is drained between
+        chunks, so a long flush does not keep a program waiting for space (a drain may
+        intern more stacks: the loop ends only when none is left)."""
+        pid = self.target.pid
+        while new_stacks := stacks.take_new(STACK_CHUNK):
+            wanted = writer.unknown_addresses(new_stacks)
+            if wanted:
+                resolved = symbolizer.resolve(wanted)
+                unknown = [a for a, r in resolved.items() if r.module == "[unknown]"]
+                if unknown and is_alive(pid):
+                    symbolizer.refresh_maps()
+                    _set_code_ranges(decoder, self.code_map, symbolizer)
+                    _set_code_facts(decoder, self.code_map, symbolizer)
+                    resolved.update(symbolizer.resolve(unknown))
+                writer.add_addresses(resolved)
+            writer.add_stacks(new_stacks)
+            del new_stacks
+            self._drain_heap()
+
+    def _write_heap_sites(self, writer: ProfileWriter, final: bool,
+                          store_stacks: Callable[[], None]) -> None:
+        """The per-stack totals that changed, one row each: batches set aside at interval
+        boundaries, then what changed since, unless rows were written so recently that
+        HEAP_ROWS_PER_S says wait (then they stay pending, and are filed later)."""
+        assert self.heap_decoder is not None
+        rows = 0
+        for interval, changed in self._heap_batches:  # oldest first
+            writer.add_heap_sites(interval, changed)
+            rows += len(changed)
+        self._heap_batches.clear()
+        if final or time.monotonic_ns() >= self._heap_rows_next_ns:
+            # In chunks, draining the ring between them: never more than one chunk of
+            # rows in memory, and the program does not wait for a long write.
+            todo = self.heap_decoder.pending_sites
+            while todo > 0:
+                chunk = self.heap_decoder.take_changed(min(todo, HEAP_ROWS_CHUNK))
+                if not chunk:
+                    break
+                todo -= len(chunk)
+                store_stacks()  # the drain after the previous chunk may have made some
+                writer.add_heap_sites(self._heap_interval, chunk)
+                rows += len(chunk)
+                del chunk
+                if not final:
+                    self._drain_heap()
+        if rows:
+            self._heap_rows_next_ns = time.monotonic_ns() + rows * 1_000_000_000 // HEAP_ROWS_PER_S
 
     def _heap_counters(self, writer: ProfileWriter) -> None:
         assert self.heap is not None and self.heap_decoder is not None

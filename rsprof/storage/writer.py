@@ -12,6 +12,7 @@ import itertools
 import posixpath
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,10 @@ def canonical_path(path: str | None) -> str | None:
     return posixpath.normpath(path)
 
 
+# Heap rows built and passed to SQLite at a time (9-tuples: ~160 bytes a row with its
+# stored stack id, 2.6 MB for these; the time per row is the same from 4 k to 131 k).
+HEAP_ROWS_CHUNK = 16384
+
 # What a stack with no frames at all (the shim could not walk any) is charged to.
 NO_STACK_FRAME = Frame("[no stack]", None, None, "[unknown]", False, False)
 
@@ -171,7 +176,10 @@ class ProfileWriter:
         self._frame_ids: dict[Frame, tuple[int, bool]] = {}
         self._addresses: dict[int, int] = {}  # absolute lookup address -> address id
         self._address_frames: dict[int, list[Frame]] = {}
-        self._stack_ids: dict[int, int] = {}  # recorder stack id -> stored stack id
+        # Recorder stack id -> stored stack id (stacks.id). The recorder numbers its stacks
+        # densely from 0 and hands them over in that order, so an array indexed by its id
+        # does: 8 bytes a stack (binary-trees depth 18: 524 k stacks; a dict was 50 MB).
+        self._stack_ids = array("q")
         self._threads: dict[int, str] = {}
         self._mappings: set[tuple[int, int]] = set()  # (module id, start) stored
         # The profiled executable's module paths (its path, and any module with its
@@ -195,6 +203,7 @@ class ProfileWriter:
              info.heap_source),
         )
         self.recording_id = int(cur.lastrowid or 0)
+        self._stack_ids = array("q")  # a new recording's recorder numbers from 0 again
         self._executable = set()
         if info.executable:
             self._executable.add(info.executable.removesuffix(" (deleted)"))
@@ -338,23 +347,52 @@ class ProfileWriter:
     # -- stacks and samples ---------------------------------------------------
 
     def add_stacks(self, new_stacks: Iterable[tuple[int, list[int]]]) -> None:
-        """Store stacks interned by the recorder; every address must be added first."""
-        rows = []
+        """Store stacks interned by the recorder; every address must be added first.
+
+        Recorder ids must continue the ones added before (0, 1, 2, ... over all calls
+        of this recording): the recorder interns them densely and hands them over in
+        order, and the stored id of each is looked up by its position."""
+        stored = self._stack_ids
+        first = len(stored)
+        # This writer is the file's only writer while it records: the ids SQLite itself
+        # would give (highest + 1, ...), numbered here so that one executemany stores
+        # the lot. The highest is read per call (cheap: the primary key's last entry),
+        # counting the stacks of the earlier recordings of an --append file.
+        base = int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM stacks").fetchone()[0])
+        offset = base + 1 - first  # stored id = recorder id + offset
+        rid = self.recording_id
         address_id = self._addresses.__getitem__
+        frames_of = self._address_frames
+        stack_frames = self._attribution.stack_frames
+        frame_id = self._frame_id
+        no_stack = (NO_STACK_FRAME, NO_STACK_FRAME)
+        rows: list[tuple[int, int, int, bytes, int, int]] = []
+        append = rows.append
+        # Consecutive stacks mostly share their charged frames (the same Frame objects):
+        # an identity check spares hashing them.
+        last_leaf: Frame | None = None
+        last_user: Frame | None = None
+        leaf_id = user_id = 0
+        expected = first
         for recorder_id, addresses in new_stacks:
-            charged = self._attribution.stack_frames(addresses, self._address_frames)
-            leaf_frame, user_frame = charged or (NO_STACK_FRAME, NO_STACK_FRAME)
-            rows.append((self.recording_id, len(addresses),
-                         compress_ids(list(map(address_id, addresses))),
-                         self._frame_id(leaf_frame)[0], self._frame_id(user_frame)[0],
-                         recorder_id))
-        for row in rows:
-            cur = self.conn.execute(
-                "INSERT INTO stacks (recording_id, depth, address_ids, leaf_frame_id,"
-                " user_frame_id) VALUES (?,?,?,?,?)",
-                row[:5],
+            if recorder_id != expected:  # a gap, a repeat: the map would misfile stacks
+                raise RuntimeError(f"internal error: recorder stack {recorder_id} handed"
+                                   f" over where stack {expected} was due")
+            expected += 1
+            leaf, user = stack_frames(addresses, frames_of) or no_stack
+            if leaf is not last_leaf:
+                last_leaf, leaf_id = leaf, frame_id(leaf)[0]
+            if user is not last_user:
+                last_user, user_id = user, frame_id(user)[0]
+            append((recorder_id + offset, rid, len(addresses),
+                    compress_ids(map(address_id, addresses)), leaf_id, user_id))
+        if rows:
+            self.conn.executemany(
+                "INSERT INTO stacks (id, recording_id, depth, address_ids, leaf_frame_id,"
+                " user_frame_id) VALUES (?,?,?,?,?,?)",
+                rows,
             )
-            self._stack_ids[row[5]] = int(cur.lastrowid or 0)
+            stored.extend(range(base + 1, base + 1 + len(rows)))
 
     def add_cpu_counts(self, counts: Iterable[tuple[int, ...]]) -> None:
         """(interval, tid, recorder stack id, samples, ns) rows, merged with what is
@@ -372,30 +410,34 @@ class ProfileWriter:
                        sites: Iterable[tuple[int, int, int, int, int, int, int]]) -> None:
         """Per-site totals (recorder stack id, allocs, alloc_bytes, frees, free_bytes,
         live_bytes, peak_live_bytes) of sites that changed; one time-series row each."""
-        # Rows are generated as SQLite takes them, never built as lists: an interval of
-        # binary-trees changes 131 k sites, and each list of them was 40 MB of tuples.
+        # One list of rows feeds both statements (numbered parameters: each takes what it
+        # needs). sqlite3 wants as many values as the highest number a statement uses, so
+        # both must use ?9: peak_live_bytes, which heap_counts does not store, is ?4, not
+        # last. Built a slice at a time: an interval of binary-trees changes 131 k sites.
         sites = sites if isinstance(sites, list) else list(sites)
-        rid, stack_id = self.recording_id, self._stack_ids.__getitem__
-        self.conn.executemany(
-            "INSERT INTO heap_sites (recording_id, stack_id, allocs, alloc_bytes, frees,"
-            " free_bytes, live_bytes, peak_live_bytes) VALUES (?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (recording_id, stack_id) DO UPDATE SET allocs = excluded.allocs,"
-            " alloc_bytes = excluded.alloc_bytes, frees = excluded.frees,"
-            " free_bytes = excluded.free_bytes, live_bytes = excluded.live_bytes,"
-            " peak_live_bytes = excluded.peak_live_bytes",
-            ((rid, stack_id(sid), a, ab, f, fb, live, peak)
-             for sid, a, ab, f, fb, live, peak in sites),
-        )
-        self.conn.executemany(
-            "INSERT INTO heap_counts (recording_id, interval, stack_id, allocs, alloc_bytes,"
-            " frees, free_bytes, live_bytes) VALUES (?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (recording_id, interval, stack_id) DO UPDATE SET"
-            " allocs = excluded.allocs, alloc_bytes = excluded.alloc_bytes,"
-            " frees = excluded.frees, free_bytes = excluded.free_bytes,"
-            " live_bytes = excluded.live_bytes",
-            ((rid, interval, stack_id(sid), a, ab, f, fb, live)
-             for sid, a, ab, f, fb, live, _peak in sites),
-        )
+        rid, stored = self.recording_id, self._stack_ids
+        for start in range(0, len(sites), HEAP_ROWS_CHUNK):
+            rows = [(rid, interval, stored[sid], peak, a, ab, f, fb, live)
+                    for sid, a, ab, f, fb, live, peak in sites[start:start + HEAP_ROWS_CHUNK]]
+            self.conn.executemany(
+                "INSERT INTO heap_sites (recording_id, stack_id, allocs, alloc_bytes, frees,"
+                " free_bytes, live_bytes, peak_live_bytes) VALUES (?1,?3,?5,?6,?7,?8,?9,?4)"
+                " ON CONFLICT (recording_id, stack_id) DO UPDATE SET"
+                " allocs = excluded.allocs, alloc_bytes = excluded.alloc_bytes,"
+                " frees = excluded.frees, free_bytes = excluded.free_bytes,"
+                " live_bytes = excluded.live_bytes, peak_live_bytes = excluded.peak_live_bytes",
+                rows,
+            )
+            self.conn.executemany(
+                "INSERT INTO heap_counts (recording_id, interval, stack_id, allocs,"
+                " alloc_bytes, frees, free_bytes, live_bytes) VALUES (?1,?2,?3,?5,?6,?7,?8,?9)"
+                " ON CONFLICT (recording_id, interval, stack_id) DO UPDATE SET"
+                " allocs = excluded.allocs, alloc_bytes = excluded.alloc_bytes,"
+                " frees = excluded.frees, free_bytes = excluded.free_bytes,"
+                " live_bytes = excluded.live_bytes",
+                rows,
+            )
+            del rows  # before the next slice's are built
 
     def set_thread_name(self, tid: int, name: str) -> None:
         if self._threads.get(tid) == name:

@@ -17,6 +17,13 @@ def stack(shim_id: int, frames: list[int]) -> bytes:
             + b"".join(struct.pack("<Q", f) for f in frames))
 
 
+def node(node_id: int, parent_id: int, ret: int, size: int = 24) -> bytes:
+    """A stack-trie node: the stack [ret] + the stack of parent_id (0: the root).
+    `size` other than 24 makes a malformed record of that size."""
+    return (header(_ring.REC_NODE, size) + struct.pack("<IIQ", node_id, parent_id, ret)
+            + bytes(max(size - 24, 0)))[:max(size, 8)]
+
+
 def alloc(ptr: int, size: int, shim_id: int) -> bytes:
     """The compact 16-byte ALLOC: type, stack id and size in one word, then ptr."""
     word = ((_ring.REC_ALLOC << _ring.REC_TYPE_SHIFT) | (shim_id << _ring.ALLOC_SIZE_BITS)

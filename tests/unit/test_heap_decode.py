@@ -8,7 +8,7 @@ import struct
 import tempfile
 
 from rsprof import _ring, _unwind
-from tests.unit.heap_records import alloc, alloc_big, alloc_raw, free, pad, stack, thread
+from tests.unit.heap_records import alloc, alloc_big, alloc_raw, free, node, pad, stack, thread
 
 A = [0x555500001005, 0x555500002009]  # return addresses of site A
 B = [0x555500003011, 0x555500002009]
@@ -267,3 +267,156 @@ def test_samples_without_a_cpu_decoder_are_only_counted() -> None:
     heap, _ = decoder()
     heap.feed_bytes(sample(7, 1, [0x555500001234]))
     assert heap.self_samples == 1 and heap.malformed == 0
+
+
+def _frames_by_site(dec: _ring.HeapDecoder, table: _unwind.StackTable
+                    ) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Site totals keyed by the site's frames (ids differ between decoders)."""
+    return {tuple(table.frames_of(sid)): totals for sid, totals in sites(dec).items()}
+
+
+def test_node_records_decode_like_whole_stacks() -> None:
+    # A and B share their outer frame: one node for it, one for each inner frame.
+    c = [0x555500004021, *A]  # a stack through A's node
+    nodes = (node(1, 0, A[1]) + node(2, 1, A[0]) + node(3, 1, B[0]) + node(4, 2, c[0]))
+    allocs = (alloc(0x10, 100, 2) + alloc(0x20, 50, 3) + alloc_big(0x30, 1 << 40, 4)
+              + free(0x10) + alloc(0x40, 7, 2) + alloc(0x50, 9, 1))
+    by_node, table = decoder()
+    by_node.feed_bytes(nodes + allocs)
+    by_stack, flat = decoder()
+    by_stack.feed_bytes(stack(1, A[1:]) + stack(2, A) + stack(3, B) + stack(4, c) + allocs)
+    got = _frames_by_site(by_node, table)
+    assert got == _frames_by_site(by_stack, flat)
+    assert got[tuple(a - 1 for a in A)] == (2, 107, 1, 100, 7, 100)
+    assert set(got) == {tuple(f - 1 for f in s) for s in (A, B, c, A[1:])}
+    assert by_node.malformed == 0 and by_node.unknown_stack_allocs == 0
+    assert table.node_count == 5  # the root and one per NODE record
+
+
+def test_nodes_become_stacks_only_when_charged() -> None:
+    dec, table = decoder()
+    dec.feed_bytes(node(1, 0, A[1]) + node(2, 1, A[0]) + node(3, 1, B[0]))
+    assert len(table) == 0  # nothing charged yet: no stack ids
+    dec.feed_bytes(alloc(0x10, 8, 3) + alloc(0x20, 8, 3))
+    assert table.take_new() == [(0, [b - 1 for b in B])]
+
+
+def test_a_node_with_an_impossible_return_address_cuts_the_stack() -> None:
+    # Like a whole stack with that address: it and every frame outside it are dropped.
+    inner, bad, outer = 0x555500001005, 0x10, 0x555500002009
+    dec, table = decoder()
+    dec.feed_bytes(node(1, 0, outer) + node(2, 1, bad) + node(3, 2, inner)
+                   + node(4, 0, 1 << 60) + node(5, 4, inner)
+                   + alloc(0x10, 8, 3) + alloc(0x20, 4, 2) + alloc(0x30, 2, 5))
+    flat_dec, flat = decoder()
+    flat_dec.feed_bytes(stack(3, [inner, bad, outer]) + stack(2, [bad, outer])
+                        + stack(5, [inner, 1 << 60]) + alloc(0x10, 8, 3) + alloc(0x20, 4, 2)
+                        + alloc(0x30, 2, 5))
+    got = _frames_by_site(dec, table)
+    assert got == _frames_by_site(flat_dec, flat)
+    assert got == {(inner - 1,): (2, 10, 0, 0, 10, 10), (): (1, 4, 0, 0, 4, 4)}
+    assert dec.malformed == 0 and dec.unknown_stack_allocs == 0
+
+
+def test_alloc_naming_the_root_is_the_empty_stack() -> None:
+    dec, table = decoder()
+    dec.feed_bytes(alloc(0x10, 8, 0))  # the shim's id of an empty stack
+    assert dec.unknown_stack_allocs == 0
+    assert _frames_by_site(dec, table) == {(): (1, 8, 0, 0, 8, 8)}
+
+
+def test_malformed_nodes_are_counted_and_ignored() -> None:
+    dec, table = decoder()
+    deep = b"".join(node(10 + i, 10 + i - 1 if i else 0, 0x555500010005 + 16 * i)
+                    for i in range(_ring.SHM_MAX_FRAMES + 1))  # one frame too deep
+    bad = (node(2, 1, A[0])                  # parent 1 never announced
+           + node(3, 3, A[0])                # its own parent
+           + node(4, 5, A[0])                # parent after it
+           + node(0, 0, A[0])                # id 0 is the root
+           + node(6, 0, A[0], size=32)       # wrong size
+           + node(7, 0, A[0], size=16)       # too short
+           + node(1 << 31, 0, A[0])          # id out of range
+           + node(9, 0, B[0]) + node(8, 9, A[0])  # a known parent after it
+           + node(9, 9, A[0]))               # a known node its own parent
+    dec.feed_bytes(bad + deep)
+    assert dec.malformed == 10
+    dec.feed_bytes(node(1, 0, A[1]) + b"".join(alloc(0x100 * i, 8, i) for i in range(1, 8))
+                   + alloc(0x1000, 8, 10 + _ring.SHM_MAX_FRAMES))
+    assert dec.unknown_stack_allocs == 6 + 1  # all but id 1: never validly announced
+    got = _frames_by_site(dec, table)
+    assert got[(A[1] - 1,)] == (1, 8, 0, 0, 8, 8) and got[()][0] == 7
+    dec.feed_bytes(alloc(0x3000, 8, 9))  # node 9 keeps its first, valid announcement
+    assert _frames_by_site(dec, table)[(B[0] - 1,)][0] == 1
+    deepest = 10 + _ring.SHM_MAX_FRAMES - 1
+    dec.feed_bytes(alloc(0x2000, 8, deepest))
+    assert max(len(f) for f in _frames_by_site(dec, table)) == _ring.SHM_MAX_FRAMES
+
+
+def test_node_ids_stay_mapped_when_the_id_table_grows() -> None:
+    # Node ids far past the decoder's first id table: mappings (and stack ids
+    # already charged) made before each growth must survive it.
+    dec, table = decoder()
+    n = 5000
+    stream = node(1, 0, 0x555500002009) + node(2, 1, 0x555500001005) + alloc(0x10, 3, 2)
+    stream += b"".join(node(i, 1, 0x555500001005 + 16 * i) for i in range(3, n + 1))
+    stream += alloc(0x20, 3, 2)
+    stream += b"".join(alloc(0x10000 + 64 * i, 8 + i % 7, i) for i in range(3, n + 1))
+    dec.feed_bytes(stream)
+    assert dec.unknown_stack_allocs == 0 and dec.malformed == 0
+    got = _frames_by_site(dec, table)
+    assert len(got) == n - 1  # one site per leaf node, none merged
+    assert got[(0x555500001004, 0x555500002008)][:2] == (2, 6)
+    for i in range(3, n + 1):
+        assert got[(0x555500001004 + 16 * i, 0x555500002008)][:2] == (1, 8 + i % 7), i
+
+
+def test_reference_reader_decodes_nodes_into_whole_stacks() -> None:
+    from rsprof import shm_reference as ref
+
+    stream = (node(1, 0, A[1]) + node(2, 1, A[0]) + node(3, 1, B[0])
+              + node(5, 4, A[0])                   # unknown parent: malformed
+              + node(7, 0, B[1]) + node(6, 7, A[0])  # parent not before it: malformed
+              + node(8, 0, A[0], size=32)          # wrong size: malformed
+              + alloc(0x10, 8, 3))
+    deepest = 20 + _ring.SHM_MAX_FRAMES  # one frame deeper than the region allows
+    stream += b"".join(node(i, i - 1 if i > 20 else 0, 0x555500010005 + 16 * i)
+                       for i in range(20, deepest + 1))
+    fd, length = _region()
+    os.pwrite(fd, stream, _ring.SHM_HEADER_BYTES)
+    os.pwrite(fd, struct.pack("<Q", len(stream)), RESERVE_OFFSET)
+    reader = ref.ShmReader.from_buffer(bytearray(os.pread(fd, length, 0)))
+    got = reader.drain()
+    assert got[:5] == [ref.StackRecord(1, (A[1],)), ref.StackRecord(2, tuple(A)),
+                       ref.StackRecord(3, tuple(B)), ref.StackRecord(7, (B[1],)),
+                       ref.AllocRecord(0x10, 8, 3)]
+    chain = [0x555500010005 + 16 * i for i in range(deepest - 1, 19, -1)]
+    assert got[5:] == [ref.StackRecord(i, tuple(chain[deepest - 1 - i:]))
+                       for i in range(20, deepest)]
+    assert reader.counters.malformed == 4
+    ring = _ring.ShmRing(fd, length)
+    dec, table = decoder()
+    ring.drain(dec)
+    assert dec.malformed == 4
+    assert _frames_by_site(dec, table) == {tuple(b - 1 for b in B): (1, 8, 0, 0, 8, 8)}
+    ring.close()
+    os.close(fd)
+
+
+def test_changed_sites_taken_in_chunks_each_once() -> None:
+    # The recorder takes changed sites a chunk at a time (rsprof/recording/recorder.py,
+    # HEAP_ROWS_CHUNK): each changed site comes out exactly once, with its totals, and a
+    # site changed again after it was taken comes out again.
+    dec, _table = decoder()
+    stream = b"".join(node(i + 1, 0, 0x555500001000 + 16 * i) for i in range(10))
+    stream += b"".join(alloc(0x10000 + 64 * i, 8 + i, i + 1) for i in range(10))
+    dec.feed_bytes(stream)
+    assert dec.pending_sites == 10
+    first = dec.take_changed(4)
+    assert len(first) == 4 and dec.pending_sites == 6
+    rest = dec.take_changed(4) + dec.take_changed(4)
+    assert dec.pending_sites == 0 and dec.take_changed(4) == []
+    rows = first + rest
+    assert sorted(r[0] for r in rows) == list(range(10))  # every site once
+    assert sorted(r[2] for r in rows) == [8 + i for i in range(10)]  # its bytes
+    dec.feed_bytes(free(0x10000))
+    assert dec.pending_sites == 1 and dec.take_changed(4)[0][1:] == (1, 8, 1, 8, 0, 8)

@@ -364,8 +364,8 @@ def test_cpu_report_recursion_counted_once(tmp_path: Path) -> None:
                             (Frame("app::main", MAIN_RS, 29, APP, False),)),
     })
     # app::main appears three times in one stack (recursion); total must not exceed 100%.
-    writer.add_stacks([(7, [ADDR_C, ADDR_B, b2, ADDR_B])])
-    writer.add_cpu_counts([(0, 1, 7, 4)])
+    writer.add_stacks([(0, [ADDR_C, ADDR_B, b2, ADDR_B])])
+    writer.add_cpu_counts([(0, 1, 0, 4)])
     writer.finalize(START + 1, "exited")
     c = open_readonly(path)
     try:
@@ -498,6 +498,92 @@ def test_append_does_not_duplicate_module_without_build_id(tmp_path: Path) -> No
         assert c.execute("SELECT count(*) FROM modules WHERE path = ?", (LIBC,)).fetchone() == (1,)
     finally:
         c.close()
+
+
+def _stack_addresses(c: sqlite3.Connection) -> dict[int, tuple[int, list[int]]]:
+    """stored stack id -> (recording id, its addresses, innermost first)."""
+    address = dict(c.execute("SELECT id, address FROM addresses"))
+    return {sid: (rid, [address[a] for a in decompress_ids(blob)])
+            for sid, rid, blob in c.execute("SELECT id, recording_id, address_ids FROM stacks")}
+
+
+def test_appended_recording_numbers_its_stacks_after_the_files(tmp_path: Path) -> None:
+    """The writer numbers stacks.id itself (one executemany a call): as SQLite would,
+    from the file's highest id, so an --append recording's stacks get fresh ids, and
+    its cpu_counts, heap_sites and heap_counts rows name its own stacks."""
+    path = tmp_path / "two.db"
+    recordings = [
+        [(0, [ADDR_A, ADDR_B]), (1, [ADDR_C, ADDR_B])],
+        [(0, [ADDR_C, ADDR_B]), (1, [ADDR_B]), (2, [ADDR_A, ADDR_B]), (3, [ADDR_L])],
+    ]
+    for n, stacks in enumerate(recordings):
+        writer = ProfileWriter(path, append=n > 0)
+        writer.begin_recording(info(START + 100 * n))
+        writer.add_addresses(resolved())
+        writer.add_addresses({ADDR_L: ResolvedAddress(ADDR_L, LIBC, None, 0x1234, (MEMMOVE,))})
+        # in chunks, as the recorder hands them over (and an empty one)
+        writer.add_stacks(stacks[:1])
+        writer.add_stacks([])
+        writer.add_stacks(stacks[1:])
+        writer.commit()
+        # every value distinct: a stack or a column mixed up shows
+        writer.add_cpu_counts([(0, 100, sid, 10 * n + sid + 1) for sid, _ in reversed(stacks)])
+        writer.add_heap_sites(3, [(sid, *(1000 * n + 10 * sid + k for k in range(1, 7)))
+                                  for sid, _ in reversed(stacks)])
+        writer.finalize(START + 100 * n + 1, "exited")
+    c = open_readonly(path)
+    try:
+        stored = _stack_addresses(c)
+        cpu = c.execute("SELECT recording_id, stack_id, samples FROM cpu_counts").fetchall()
+        sites = c.execute("SELECT recording_id, stack_id, allocs, alloc_bytes, frees,"
+                          " free_bytes, live_bytes, peak_live_bytes FROM heap_sites").fetchall()
+        counts = c.execute("SELECT recording_id, interval, stack_id, allocs, alloc_bytes,"
+                           " frees, free_bytes, live_bytes FROM heap_counts").fetchall()
+    finally:
+        c.close()
+    # the ids SQLite's own numbering gives: 1, 2, ... over both recordings
+    assert stored == {1: (1, [ADDR_A, ADDR_B]), 2: (1, [ADDR_C, ADDR_B]),
+                      3: (2, [ADDR_C, ADDR_B]), 4: (2, [ADDR_B]), 5: (2, [ADDR_A, ADDR_B]),
+                      6: (2, [ADDR_L])}
+    want_cpu, want_sites, want_counts = [], [], []
+    for n, stacks in enumerate(recordings):
+        for sid, addresses in stacks:
+            (stack_id,) = (k for k, v in stored.items() if v == (n + 1, addresses))
+            want_cpu.append((n + 1, stack_id, 10 * n + sid + 1))
+            values = [1000 * n + 10 * sid + k for k in range(1, 7)]
+            want_sites.append((n + 1, stack_id, *values))
+            want_counts.append((n + 1, 3, stack_id, *values[:5]))
+    assert sorted(cpu) == sorted(want_cpu)
+    assert sorted(sites) == sorted(want_sites)
+    assert sorted(counts) == sorted(want_counts)
+
+
+def test_stacks_out_of_recorder_order_are_an_internal_error(tmp_path: Path) -> None:
+    """Stored ids are looked up by recorder id in an array: a recorder id that does not
+    continue the ones handed over (a gap, a repeat) is refused, with nothing stored."""
+    path = tmp_path / "order.db"
+    writer = ProfileWriter(path)
+    writer.begin_recording(info())
+    writer.add_addresses(resolved())
+    with pytest.raises(RuntimeError, match=r"internal error: recorder stack 1 .* stack 0 "):
+        writer.add_stacks([(1, [ADDR_A, ADDR_B])])
+    writer.add_stacks([(0, [ADDR_A, ADDR_B])])
+    with pytest.raises(RuntimeError, match=r"internal error: recorder stack 3 .* stack 2 "):
+        writer.add_stacks([(1, [ADDR_C, ADDR_B]), (3, [ADDR_A])])
+    with pytest.raises(RuntimeError, match=r"internal error: recorder stack 0 .* stack 1 "):
+        writer.add_stacks([(0, [ADDR_C, ADDR_B])])
+    # the refused calls stored nothing, and the numbering goes on where it was
+    writer.add_stacks([(1, [ADDR_C, ADDR_B]), (2, [ADDR_B])])
+    writer.add_cpu_counts([(0, 100, 0, 1), (0, 100, 1, 2), (0, 100, 2, 3)])
+    writer.finalize(START + 1, "exited")
+    c = open_readonly(path)
+    try:
+        stored = _stack_addresses(c)
+        cpu = sorted(c.execute("SELECT stack_id, samples FROM cpu_counts"))
+    finally:
+        c.close()
+    assert stored == {1: (1, [ADDR_A, ADDR_B]), 2: (1, [ADDR_C, ADDR_B]), 3: (1, [ADDR_B])}
+    assert cpu == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_append_to_non_profile_is_refused(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_hash_collisions_never_merge_stacks() -> None:
     base = list(range(100))
     ids = {table.intern_list([*base, i]) for i in range(1000)}
     assert len(ids) == 1000
-    assert _unwind.hash_stack([1, 2]) != _unwind.hash_stack([2, 1])
+    assert table.intern_list([1, 2]) != table.intern_list([2, 1])
 
 
 def test_interval_lookup_matches_a_linear_scan() -> None:
@@ -79,3 +79,73 @@ def test_interval_end_is_exclusive_and_gaps_miss() -> None:
 
 def test_pack_u32_is_little_endian() -> None:
     assert _unwind.pack_u32([1, 0x01020304]) == b"\x01\0\0\0\x04\x03\x02\x01"
+
+
+def test_trie_ids_and_frames_match_a_flat_table() -> None:
+    # Shared outer frames, a stack that is a suffix of another, the empty stack,
+    # repeats: ids are dense in first-intern order and frames come back exactly.
+    rng = random.Random(21)
+    outer = [0x7000 + i for i in range(10)]
+    stacks: list[list[int]] = [[], [1], [1, 2], [2, 1], outer, [5, *outer], [6, *outer],
+                               [5, 6, *outer], outer[3:], []]
+    stacks += [[rng.randrange(1, 8) for _ in range(rng.randint(0, 4))] + outer[rng.randint(0, 9):]
+               for _ in range(300)]
+    stacks += stacks[:50]  # equal stacks again
+    table = _unwind.StackTable(16)
+    flat: dict[tuple[int, ...], int] = {}
+    for s in stacks:
+        assert table.intern_list(s) == flat.setdefault(tuple(s), len(flat))
+    assert len(table) == len(flat)
+    for s, sid in flat.items():
+        assert tuple(table.frames_of(sid)) == s
+    # One node per distinct stack suffix read from the outside in, plus the root.
+    suffixes = {tuple(s[i:]) for s in flat for i in range(len(s))}
+    assert table.node_count == len(suffixes) + 1
+
+
+def test_take_new_hands_out_stacks_in_id_order_up_to_a_limit() -> None:
+    table = _unwind.StackTable()
+    stacks = [[i, 100, 200] for i in range(10)]
+    for s in stacks:
+        table.intern_list(s)
+    assert table.take_new(4) == [(i, stacks[i]) for i in range(4)]
+    table.intern_list([100, 200])  # new: a stack ending at an inner node of the others
+    assert table.take_new(5) == [(i, stacks[i]) for i in range(4, 9)]
+    assert table.take_new() == [(9, stacks[9]), (10, [100, 200])]
+    assert table.take_new() == []
+
+
+def test_a_node_becomes_a_stack_only_when_asked() -> None:
+    table = _unwind.StackTable()
+    a = table.add_child(0, 0x500)  # the stack [0x500]
+    b = table.add_child(a, 0x400)  # [0x400, 0x500]
+    assert table.add_child(0, 0x500) == a and a not in (0, b)
+    assert len(table) == 0 and table.node_count == 3
+    assert table.stack_of(b) == 0 and table.stack_of(b) == 0
+    assert table.intern_list([0x500]) == 1 and table.stack_of(a) == 1
+    assert table.stack_of(0) == 2 and table.frames_of(2) == []  # the root: the empty stack
+    assert table.take_new() == [(0, [0x400, 0x500]), (1, [0x500]), (2, [])]
+    for bad in (lambda: table.add_child(3, 1), lambda: table.stack_of(3),
+                lambda: table.frames_of(3)):
+        try:
+            bad()
+        except IndexError:
+            pass
+        else:
+            raise AssertionError("an unknown node or stack was accepted")
+
+
+def test_stacks_sharing_outer_frames_share_memory() -> None:
+    # 100k stacks of 30 frames, the outer 28 shared: a flat table holds every
+    # frame of every stack (100k * 30 * 8 bytes = 24 MB at least); the trie holds
+    # a node per distinct suffix (about 100k) and a node and depth per stack.
+    n, depth = 100_000, 30
+    prefix = [0x555500100000 + 0x40 * i for i in range(depth - 2)]
+    table = _unwind.StackTable()
+    for k in range(n):
+        table.intern_list([0x555500900000 + k, 0x555500A00000 + k // 1000, *prefix])
+    assert len(table) == n
+    assert table.node_count == 1 + len(prefix) + 100 + n
+    assert table.frames_of(n - 1)[2:] == prefix
+    flat_bound = n * depth * 8
+    assert table.memory_bytes < flat_bound // 4, table.memory_bytes
