@@ -8,7 +8,7 @@
  * Rules kept everywhere below:
  *   - while the region's state is not RECORDING a hook does one relaxed load
  *     and returns; nothing grows;
- *   - no locks, no malloc: the intern table lives in private mmap'd memory,
+ *   - no locks, no malloc: the stack trie lives in private mmap'd memory,
  *     the ring is reserved with a CAS; errno is preserved;
  *   - a per-thread recursion guard (initial-exec TLS) is set around anything
  *     that may call back into libc's allocator (pthread_getattr_np, init);

@@ -54,7 +54,7 @@
 #define RSPROF_REC_STACK 2u     /* a whole stack with an id (read; the shim sends NODEs) */
 #define RSPROF_REC_ALLOC 3u     /* an allocation with an interned stack (16 bytes) */
 #define RSPROF_REC_FREE 4u      /* a free (8 bytes) */
-#define RSPROF_REC_ALLOC_RAW 5u /* an allocation carrying its stack (intern table full) */
+#define RSPROF_REC_ALLOC_RAW 5u /* an allocation carrying its stack (stack trie full) */
 #define RSPROF_REC_SAMPLE 6u    /* a CPU sample taken by the SIGPROF self-sampler */
 #define RSPROF_REC_THREAD 7u    /* a thread name (tid, comm) */
 #define RSPROF_REC_ALLOC_BIG 8u /* an allocation too big (or a stack id too high) for ALLOC */
