@@ -18,7 +18,7 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
 from posix.types cimport pid_t
 
-from rsprof._unwind cimport StackTable, range_index
+from rsprof._unwind cimport NO_ID, StackTable, range_index
 
 
 cdef extern from "rsprof_perf.h":
@@ -1058,14 +1058,6 @@ DEF SHM_MAX_FRAMES_ACCEPTED = 1024
 # The longest CPU time one self-sample may stand for (its period_ns): a minute.
 DEF SHM_MAX_SAMPLE_PERIOD_NS = 60_000_000_000
 SHM_MAX_SAMPLE_PERIOD = SHM_MAX_SAMPLE_PERIOD_NS
-# "None" in the u32 id arrays: a C constant (a DEF of 0xffffffff is a Python int,
-# and comparing a C value with it boxes the value).
-cdef extern from *:
-    """
-    #define RSPROF_NO_ID 0xffffffffu
-    """
-    const uint32_t NO_STACK "RSPROF_NO_ID"
-    const uint32_t NO_NODE "RSPROF_NO_ID"
 # The highest shim stack / node id accepted in STACK and NODE records.
 DEF SHIM_MAX_ID = 0x7fffffff
 
@@ -1095,8 +1087,8 @@ cdef class HeapDecoder:
     cdef LiveSlot* live
     cdef uint64_t live_cap
     cdef uint64_t live_count
-    cdef uint32_t* shim_ids       # shim id -> StackTable id (NO_STACK: none yet)
-    cdef uint32_t* shim_nodes     # shim id -> StackTable trie node (NO_NODE: unknown)
+    cdef uint32_t* shim_ids       # shim id -> StackTable id (NO_ID: none yet)
+    cdef uint32_t* shim_nodes     # shim id -> StackTable trie node (NO_ID: unknown)
     cdef uint16_t* shim_depth     # shim id -> depth of its stack
     cdef uint64_t shim_ids_cap
     cdef uint64_t* allocs
@@ -1325,7 +1317,7 @@ cdef class HeapDecoder:
         cdef uint32_t sid
         if shim_id < self.shim_ids_cap:
             sid = self.shim_ids[shim_id]
-            if sid != NO_STACK:
+            if sid != NO_ID:
                 return self._alloc(ptr, nbytes, sid)
         return self._alloc_first(ptr, nbytes, shim_id)
 
@@ -1334,7 +1326,7 @@ cdef class HeapDecoder:
         charge makes it a stack; an id never announced is charged to the empty
         stack and counted."""
         cdef int64_t sid
-        if shim_id < self.shim_ids_cap and self.shim_nodes[shim_id] != NO_NODE:
+        if shim_id < self.shim_ids_cap and self.shim_nodes[shim_id] != NO_ID:
             sid = self.stacks.stack_of_node(self.shim_nodes[shim_id])
             self.shim_ids[shim_id] = <uint32_t>sid
         else:
@@ -1358,7 +1350,7 @@ cdef class HeapDecoder:
         if parent_id == 0:
             parent = 0
             depth = 0
-        elif parent_id < self.shim_ids_cap and self.shim_nodes[parent_id] != NO_NODE:
+        elif parent_id < self.shim_ids_cap and self.shim_nodes[parent_id] != NO_ID:
             parent = self.shim_nodes[parent_id]
             depth = self.shim_depth[parent_id]
         else:
@@ -1367,12 +1359,12 @@ cdef class HeapDecoder:
         if ret < MIN_CODE_ADDRESS or ret > MAX_USER_ADDRESS:
             # An impossible address cuts the stack there, like _walked_node: the
             # node stands for the root, its children for stacks without it.
-            self._map_shim_id(node_id, 0, 0, NO_STACK)
+            self._map_shim_id(node_id, 0, 0, NO_ID)
         elif depth >= max_frames or depth >= SHM_MAX_FRAMES_ACCEPTED:
             self.malformed += 1  # deeper than any stack the shim sends
         else:
             self._map_shim_id(node_id, self.stacks.child(parent, ret - 1), depth + 1,
-                              NO_STACK)
+                              NO_ID)
         return 0
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size,

@@ -16,6 +16,14 @@ cdef inline Py_ssize_t range_index(const uint64_t* starts, const uint64_t* ends,
         return -1
     return lo - 1
 
+# "None" in u32 id fields (here and in _ring.pyx): a C constant (a DEF of 0xffffffff
+# is a Python int, and comparing a C value with it boxes the value).
+cdef extern from *:
+    """
+    #define RSPROF_NO_ID 0xffffffffu
+    """
+    const uint32_t NO_ID "RSPROF_NO_ID"
+
 cdef struct TrieNode:
     uint64_t frame    # this node's address: the innermost frame of its stack
     uint32_t parent   # the node of the stack without that frame (node 0: the root)

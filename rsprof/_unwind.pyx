@@ -14,15 +14,6 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, realloc
 
 
-# "None" in the u32 id fields: a C constant (a DEF of 0xffffffff is a Python int,
-# and comparing a C value with it boxes the value).
-cdef extern from *:
-    """
-    #define RSPROF_NO_ID 0xffffffffu
-    """
-    const uint32_t NO_ID "RSPROF_NO_ID"
-
-
 cdef inline uint64_t _edge_hash(uint32_t parent, uint64_t frame) noexcept nogil:
     cdef uint64_t h = frame * 0x9e3779b97f4a7c15ULL ^ (<uint64_t>parent * 0xc2b2ae3d27d4eb4fULL)
     h ^= h >> 29

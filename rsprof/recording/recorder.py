@@ -34,7 +34,7 @@ from rsprof.recording.process import (
 )
 from rsprof.report.heap import human_bytes
 from rsprof.report.profile_summary import partial_text
-from rsprof.storage.writer import ProfileWriter, RecordingInfo
+from rsprof.storage.writer import HEAP_ROWS_CHUNK, ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
 from rsprof.symbols.resolver import Symbolizer
 
@@ -45,7 +45,6 @@ STACK_CHUNK = 8192  # new stacks symbolized and stored at a time
 # more than a fraction of a core (docs/schema.md: heap_counts).
 HEAP_ROWS_PER_S = 50_000
 HEAP_BATCH_MAX = 65_536  # changed sites set aside at an interval boundary, at most
-HEAP_ROWS_CHUNK = 16_384  # changed sites taken (and written) at a time
 
 
 @dataclass(frozen=True, slots=True)
