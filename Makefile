@@ -30,7 +30,13 @@ $(EXAMPLE_BIN): $(wildcard example/src/*.rs) example/Cargo.toml
 $(TARGETS_STAMP): $(wildcard tests/targets/src/*.rs tests/targets/src/bin/*.rs) tests/targets/Cargo.toml
 	cd tests/targets && $(CARGO) build --release --offline --quiet
 
-build: $(EXAMPLE_BIN) $(TARGETS_STAMP)
+# The same targets without frame pointers, line tables only (a default release build;
+# RUSTFLAGS replaces the force-frame-pointers of tests/targets/.cargo/config.toml).
+tests/targets/target/nofp/release/two_callers: $(wildcard tests/targets/src/*.rs tests/targets/src/bin/*.rs) tests/targets/Cargo.toml
+	cd tests/targets && RUSTFLAGS="-C force-frame-pointers=no" CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+	  $(CARGO) build --release --offline --quiet --target-dir target/nofp
+
+build: $(EXAMPLE_BIN) $(TARGETS_STAMP) tests/targets/target/nofp/release/two_callers
 
 demo: setup $(EXAMPLE_BIN)
 	@rm -f $(DEMO_DB)

@@ -16,8 +16,8 @@ C_FLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
 extensions = [
     Extension("rsprof._ring", ["rsprof/_ring.pyx"], include_dirs=["csrc"],
               extra_compile_args=C_FLAGS),
-    Extension("rsprof._unwind", ["rsprof/_unwind.pyx"], include_dirs=["csrc"],
-              extra_compile_args=C_FLAGS),
+    Extension("rsprof._unwind", ["rsprof/_unwind.pyx", "csrc/rsprof_cfi.c"],
+              include_dirs=["csrc"], extra_compile_args=C_FLAGS),
     Extension("rsprof._dwarf", ["rsprof/_dwarf.pyx", "csrc/rsprof_dwarf.c"],
               include_dirs=["csrc"], extra_compile_args=C_FLAGS),
 ]

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["cpu_overhead.py", "symbolize.py", "rsprof_cpu.py", "heap_overhead.py",
-           "view_open.py", "tui_keys.py"]
+SCRIPTS = ["cpu_overhead.py", "cpu_unwind.py", "symbolize.py", "rsprof_cpu.py",
+           "heap_overhead.py", "heap_scale.py", "view_open.py", "tui_keys.py"]
 
 
 def main() -> int:

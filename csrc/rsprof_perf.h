@@ -18,26 +18,29 @@
 #include <unistd.h>
 
 /* What every CPU sample carries, in this order (perf orders fields by bit):
- * ip, pid/tid, time, period, callchain, user registers (bp, sp), a copy of
- * the top of the user stack. The period of a cpu-clock sample is the
- * nanoseconds of CPU it stands for. The registers and stack let the reader
- * recover the caller of a leaf in code without frame pointers (libc), see
- * _ring.pyx. */
+ * ip, pid/tid, time, period, callchain, user registers (bp, sp, ip), a copy
+ * of the top of the user stack. The period of a cpu-clock sample is the
+ * nanoseconds of CPU it stands for. The registers and the stack copy are what
+ * the reader unwinds with CFI (--unwind auto/dwarf, rsprof/_unwind.pyx); with
+ * --unwind fp a short copy lets it recover the caller of a leaf in code
+ * without frame pointers (libc), see _unwind.pyx. */
 #define RSPROF_SAMPLE_TYPE                                                   \
     (PERF_SAMPLE_IP | PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_PERIOD | \
      PERF_SAMPLE_CALLCHAIN | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER)
 
 #if defined(__x86_64__)
 #include <asm/perf_regs.h>
-/* Registers copied per sample, in bit order: bp then sp. */
-#define RSPROF_REGS_MASK ((1ULL << PERF_REG_X86_BP) | (1ULL << PERF_REG_X86_SP))
-#define RSPROF_NREGS 2
+/* Registers copied per sample, in bit order: bp, sp, then ip. */
+#define RSPROF_REGS_MASK                                                     \
+    ((1ULL << PERF_REG_X86_BP) | (1ULL << PERF_REG_X86_SP) | (1ULL << PERF_REG_X86_IP))
+#define RSPROF_NREGS 3
 #else
 #define RSPROF_REGS_MASK 0ULL
 #define RSPROF_NREGS 0
 #endif
 
-/* Bytes of user stack copied per sample (from the stack pointer up). */
+/* Bytes of user stack copied per sample (from the stack pointer up) with
+ * --unwind fp; auto/dwarf ask for --stack-size (rsprof_perf_open's stack_bytes). */
 #define RSPROF_STACK_BYTES 512
 
 /* Deepest user stack requested from the kernel; a chain this long is counted
@@ -53,9 +56,10 @@
 
 /* Open a cpu-clock sampling event on thread `tid` (any CPU when cpu < 0).
  * inherit: threads the thread creates later get the event too (needs cpu >= 0
- * to be mmapped). Returns the fd, or -errno. */
+ * to be mmapped). stack_bytes: user stack copied per sample (a multiple of 8).
+ * Returns the fd, or -errno. */
 static inline int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit,
-                                   int watermark_bytes) {
+                                   int watermark_bytes, uint32_t stack_bytes) {
     struct perf_event_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.size = sizeof(attr);
@@ -69,7 +73,7 @@ static inline int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit,
     attr.exclude_callchain_kernel = 1;
     attr.sample_max_stack = RSPROF_MAX_STACK;
     attr.sample_regs_user = RSPROF_REGS_MASK;
-    attr.sample_stack_user = RSPROF_STACK_BYTES;
+    attr.sample_stack_user = stack_bytes;
     attr.inherit = inherit ? 1 : 0;
     attr.comm = 1;
     attr.task = 1;

@@ -45,6 +45,20 @@
  * `dropped`, it never waits, so interrupting a hook (even one that holds a
  * reserved, uncommitted ring slot or waits for space) cannot deadlock.
  *
+ * Stack copies for CFI unwinding: while the header's `sampler_stack_bytes`
+ * is not 0 the handler writes RSPROF_REC_SAMPLE_REGS instead: the same
+ * sample plus the interrupted ip/sp/fp and a copy of the stack at [sp, sp +
+ * asked) (asked clamped to RSPROF_SAMPLER_MAX_STACK_BYTES, rounded down to 8).
+ * Up to 64 KiB never touches the handler's stack: the record is reserved in
+ * the ring (never waited for, like every write here), the stack is copied
+ * straight into the reserved slot by one process_vm_readv on ourselves (two
+ * local iovecs when the slot wraps the ring's end), which copies up to the
+ * first unreadable page and returns the count (an error copies nothing),
+ * then the fixed part and the frames are written and the record committed.
+ * The copy never reads past the end of the mapping that holds sp (the
+ * thread's stack): the next mapping up is often readable, so the end is asked
+ * of the kernel (PROCMAP_QUERY, once per thread; see stack_map_end).
+ *
  * The handler is installed when the shim maps its region at start-up (if
  * SIGPROF is still at SIG_DFL), and the header's `sampler_ready` says so: the
  * reader may then wake the sampler with sigqueue(SIGPROF,
@@ -184,6 +198,103 @@ walk(uintptr_t sp, uintptr_t fp, uint64_t *out, uint32_t max)
     return n;
 }
 
+/* Where the stack's mapping ends. process_vm_readv stops at the first
+ * unreadable page, but the mapping above a thread's stack is often readable
+ * (measured here: a Rust worker's stack mapping ended 5.7 KiB above its sp,
+ * and the next 144 MiB anonymous mapping began right there), so the copy is
+ * also cut at the end of the mapping that holds sp, asked of the kernel with
+ * PROCMAP_QUERY (Linux 6.11: an ioctl on /proc/self/maps, no text to parse)
+ * and kept per thread in TLS that only this handler touches (SIGPROF is
+ * blocked while it runs, so it never sees it half-written); an sp outside
+ * the cached range asks again (a main stack that grew, an alternate or a
+ * green-thread stack; one unmapped and mapped again at the same addresses
+ * keeps the bounds cached first). Without PROCMAP_QUERY (older kernels, no
+ * /proc) it returns 0, and the copy is cut only by the first unreadable page. */
+struct procmap_query_abi { /* <linux/fs.h>'s struct procmap_query */
+    uint64_t size, query_flags, query_addr, vma_start, vma_end, vma_flags, vma_page_size,
+        vma_offset, inode;
+    uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+    uint64_t vma_name_addr, build_id_addr;
+};
+_Static_assert(sizeof(struct procmap_query_abi) == 104, "struct procmap_query");
+#define RSPROF_PROCMAP_QUERY 0xC0686611ul /* _IOWR('f', 17, struct procmap_query) */
+
+static RSPROF_IE_TLS uintptr_t t_stack_vma_lo, t_stack_vma_hi; /* the handler's alone */
+static int g_no_procmap; /* 1: PROCMAP_QUERY is not there (atomic) */
+
+RSPROF_NO_LIBCALLS __attribute__((noinline)) static uintptr_t stack_map_end(uintptr_t sp)
+{
+    if (sp >= t_stack_vma_lo && sp < t_stack_vma_hi)
+        return t_stack_vma_hi;
+    if (LOAD_RLX(&g_no_procmap))
+        return 0;
+    long fd = rsprof_sys4(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) {
+        if (fd != -EMFILE && fd != -ENFILE && fd != -EINTR && fd != -ENOMEM)
+            __atomic_store_n(&g_no_procmap, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    struct procmap_query_abi q;
+    q.size = sizeof(q);
+    q.query_flags = 0; /* the mapping that covers query_addr, or ENOENT */
+    q.query_addr = sp;
+    q.vma_start = q.vma_end = 0;
+    q.vma_name_size = q.build_id_size = 0;
+    q.vma_name_addr = q.build_id_addr = 0;
+    long r = rsprof_sys3(SYS_ioctl, fd, RSPROF_PROCMAP_QUERY, &q);
+    rsprof_sys1(SYS_close, fd);
+    if (r != 0) {
+        if (r == -ENOTTY || r == -EINVAL || r == -EOPNOTSUPP)
+            __atomic_store_n(&g_no_procmap, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    if (q.vma_start > sp || q.vma_end <= sp)
+        return 0;
+    t_stack_vma_lo = (uintptr_t)q.vma_start;
+    t_stack_vma_hi = (uintptr_t)q.vma_end;
+    return t_stack_vma_hi;
+}
+
+/* RSPROF_REC_SAMPLE_REGS: buf holds the frames at buf + 8 (depth of them); its
+ * first 8 words take the fixed part. The stack goes straight into the ring. */
+RSPROF_NO_LIBCALLS static void sample_regs(uint64_t *buf, uint32_t depth, uint64_t period_ns,
+                                           uintptr_t ip, uintptr_t sp, uintptr_t fp,
+                                           uint32_t asked)
+{
+    _Static_assert(sizeof(struct rsprof_rec_sample_regs) == 8 * 8, "fixed part: 8 words");
+    _Static_assert(sizeof(struct rsprof_rec_sample) == 4 * 8, "fixed part: 4 words");
+    struct rsprof_rec_sample_regs *rec = (struct rsprof_rec_sample_regs *)(void *)buf;
+    uint32_t fixed = (uint32_t)(sizeof(*rec) + 8u * depth);
+    struct rsprof_slot slot;
+    if (!rsprof__slot_reserve_nowait(fixed + asked, &slot))
+        return;
+    rec->time_ns = rsprof_sys_monotonic_ns();
+    /* Up to the end of the stack's mapping, and up to the first unreadable
+     * page: the kernel returns the bytes copied so far; an error (sp not
+     * mapped at all) copies nothing. */
+    uint32_t want = asked;
+    uintptr_t end = stack_map_end(sp);
+    if (end != 0 && end - sp < want)
+        want = (uint32_t)(end - sp);
+    long got = 0;
+    if (want > 0) {
+        struct iovec local[2];
+        struct iovec remote = {(void *)sp, want};
+        int nlocal = rsprof__slot_iov(&slot, fixed, want, local);
+        got = rsprof_sys6(SYS_process_vm_readv, rsprof_sys0(SYS_getpid), (long)local, nlocal,
+                          (long)&remote, 1, 0);
+    }
+    rec->tid = gettid_raw();
+    rec->depth = depth;
+    rec->period_ns = period_ns;
+    rec->ip = ip;
+    rec->sp = sp;
+    rec->fp = fp;
+    rec->stack_bytes = got > 0 && (unsigned long)got <= want ? (uint64_t)got : 0;
+    rsprof__slot_write(&slot, 8, buf + 1, fixed - 8);
+    rsprof__slot_commit(&slot, RSPROF_REC_HEADER(RSPROF_REC_SAMPLE_REGS, fixed + asked));
+}
+
 /* The arming try-lock: never waited for in a handler (a held lock means "next
  * time"); unlock() releases it. */
 RSPROF_NO_LIBCALLS static inline int try_lock(void)
@@ -271,27 +382,38 @@ RSPROF_NO_LIBCALLS static void on_sigprof(int sig, siginfo_t *si, void *ucv)
     fp = (uintptr_t)uc->uc_mcontext.regs[29];
     sp = (uintptr_t)uc->uc_mcontext.sp;
 #endif
-    uint64_t buf[4 + RSPROF_MAX_FRAMES];
-    struct rsprof_rec_sample *rec = (struct rsprof_rec_sample *)(void *)buf;
-    uint64_t *frames = buf + 4;
+    /* One buffer for both records: the frames at buf + 8, a SAMPLE's fixed part
+     * in the 4 words before them, a SAMPLE_REGS's in the 8 words before them. */
+    uint64_t buf[8 + RSPROF_MAX_FRAMES];
+    uint64_t *frames = buf + 8;
     uint32_t max = h->max_frames < RSPROF_MAX_FRAMES ? h->max_frames : RSPROF_MAX_FRAMES;
     uint32_t depth = 0;
     if (max > 0) {
         frames[0] = ip;
         depth = 1 + walk(sp, fp, frames + 1, max - 1);
     }
-    uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
-    rec->header = RSPROF_REC_HEADER(RSPROF_REC_SAMPLE, size);
-    rec->tid = gettid_raw();
-    rec->depth = depth;
-    rec->time_ns = rsprof_sys_monotonic_ns();
     /* The thread CPU time this signal stands for: a CPU-time timer expires at
      * most at the kernel tick, and the intervals it missed by then are its
      * overruns (a 1 ms timer under a 250 Hz tick: one signal per 4 ms, 3 overruns). */
     int overrun = si->si_overrun;
-    rec->period_ns = (uint64_t)LOAD_RLX(&s->interval_us) * 1000u *
-                     (1u + (uint64_t)(overrun > 0 ? overrun : 0));
-    rsprof__write_record_nowait(buf, size);
+    uint64_t period_ns = (uint64_t)LOAD_RLX(&s->interval_us) * 1000u *
+                         (1u + (uint64_t)(overrun > 0 ? overrun : 0));
+    uint32_t asked = LOAD_RLX(&h->sampler_stack_bytes);
+    if (asked > RSPROF_SAMPLER_MAX_STACK_BYTES)
+        asked = RSPROF_SAMPLER_MAX_STACK_BYTES;
+    asked &= ~7u;
+    if (asked == 0) {
+        struct rsprof_rec_sample *rec = (struct rsprof_rec_sample *)(void *)(frames - 4);
+        uint32_t size = (uint32_t)(sizeof(*rec) + 8u * depth);
+        rec->header = RSPROF_REC_HEADER(RSPROF_REC_SAMPLE, size);
+        rec->tid = gettid_raw();
+        rec->depth = depth;
+        rec->time_ns = rsprof_sys_monotonic_ns();
+        rec->period_ns = period_ns;
+        rsprof__write_record_nowait(rec, size);
+        return;
+    }
+    sample_regs(buf, depth, period_ns, ip, sp, fp, asked);
 }
 
 /* ------------------------------------------------------------------------ */

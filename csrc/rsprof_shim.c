@@ -403,6 +403,46 @@ RSPROF_NO_LIBCALLS int rsprof__write_record_nowait(const void *rec, uint32_t siz
     return 1;
 }
 
+/* A slot written in place by a signal handler (rsprof_shim_internal.h). */
+RSPROF_NO_LIBCALLS int rsprof__slot_reserve_nowait(uint32_t size, struct rsprof_slot *slot)
+{
+    struct rsprof_shm_header *h = hdr();
+    int got = ring_try_reserve(h, size, &slot->pos);
+    if (got == 0)
+        ADD_RLX(&h->dropped, 1);
+    slot->size = got > 0 ? size : 0;
+    return got > 0;
+}
+
+RSPROF_NO_LIBCALLS void rsprof__slot_write(const struct rsprof_slot *slot, uint32_t off,
+                                           const void *src, uint32_t n)
+{
+    if (off >= 8 && off <= slot->size && n <= slot->size - off)
+        ring_copy(slot->pos + off, src, n);
+}
+
+RSPROF_NO_LIBCALLS int rsprof__slot_iov(const struct rsprof_slot *slot, uint32_t off, uint32_t n,
+                                        struct iovec iov[2])
+{
+    if (n == 0 || off < 8 || off > slot->size || n > slot->size - off)
+        return 0;
+    uint64_t at = (slot->pos + off) & g_mask;
+    iov[0].iov_base = g_data + at;
+    if (at + n <= g_ring) {
+        iov[0].iov_len = n;
+        return 1;
+    }
+    iov[0].iov_len = g_ring - at;
+    iov[1].iov_base = g_data;
+    iov[1].iov_len = n - (g_ring - at);
+    return 2;
+}
+
+RSPROF_NO_LIBCALLS void rsprof__slot_commit(const struct rsprof_slot *slot, uint64_t word)
+{
+    STORE_REL((uint64_t *)(void *)(g_data + (slot->pos & g_mask)), word);
+}
+
 static void commit_pad(uint64_t pos, uint32_t size)
 {
     uint64_t word = RSPROF_REC_HEADER(RSPROF_REC_PAD, size);

@@ -5,6 +5,8 @@
 #define RSPROF_SHIM_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
 
 #include "rsprof_shim.h"
 #include "rsprof_shm.h"
@@ -33,5 +35,26 @@ RSPROF_HIDDEN void rsprof__realloc_begin(struct rsprof_shim_realloc *r, void *ol
 RSPROF_HIDDEN void rsprof__realloc_end(struct rsprof_shim_realloc *r, void *new_ptr,
                                        size_t size, int old_released);
 RSPROF_HIDDEN int rsprof__init(void);
+
+/* A ring slot a signal handler (rsprof_sampler.c) writes in place, for a
+ * record too big to build on its small stack first: reserve it (never waits:
+ * a full ring or a region not recording drops it, counted as a drop the way
+ * rsprof__write_record_nowait counts), write the body (never the first word),
+ * then commit it with its header word. A reserved slot must be committed
+ * (the reader stops at it until then). None of these calls libc. */
+struct rsprof_slot {
+    uint64_t pos;  /* ring position of the record's first byte */
+    uint32_t size; /* the record's size (a multiple of 8) */
+};
+RSPROF_HIDDEN int rsprof__slot_reserve_nowait(uint32_t size, struct rsprof_slot *slot);
+/* Copy n bytes (a multiple of 8) to offset off (a multiple of 8, >= 8) of the slot. */
+RSPROF_HIDDEN void rsprof__slot_write(const struct rsprof_slot *slot, uint32_t off,
+                                      const void *src, uint32_t n);
+/* The ring bytes of [off, off + n) of the slot as iovecs (two when they wrap the
+ * ring's end); returns how many (0 when n is 0). */
+RSPROF_HIDDEN int rsprof__slot_iov(const struct rsprof_slot *slot, uint32_t off, uint32_t n,
+                                   struct iovec iov[2]);
+/* Publish the record: store its header word with release order. */
+RSPROF_HIDDEN void rsprof__slot_commit(const struct rsprof_slot *slot, uint64_t word);
 
 #endif /* RSPROF_SHIM_INTERNAL_H */

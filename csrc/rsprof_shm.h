@@ -24,7 +24,8 @@
 #include <stdint.h>
 
 #define RSPROF_SHM_MAGIC 0x314d4853464f5250ULL /* "PROFSHM1" little-endian */
-#define RSPROF_SHM_VERSION 4u /* 4: NODE records (a trie of stacks) */
+#define RSPROF_SHM_VERSION 5u /* 4: NODE records (a trie of stacks); 5: SAMPLE_REGS,
+                                * header.sampler_stack_bytes */
 #define RSPROF_SHM_HEADER_BYTES 4096u
 #define RSPROF_SHM_NAME_PREFIX "rsprof-" /* /dev/shm/rsprof-<pid>-<16 hex> */
 #define RSPROF_SHM_ENV "RSPROF_SHM"      /* set by `rsprof run`: the region to use */
@@ -59,6 +60,7 @@
 #define RSPROF_REC_THREAD 7u    /* a thread name (tid, comm) */
 #define RSPROF_REC_ALLOC_BIG 8u /* an allocation too big (or a stack id too high) for ALLOC */
 #define RSPROF_REC_NODE 9u      /* a new stack-trie node (24 bytes) */
+#define RSPROF_REC_SAMPLE_REGS 10u /* a CPU sample with registers and a copy of the stack */
 
 #define RSPROF_REC_TYPE_SHIFT 60
 #define RSPROF_PTR_MASK ((1ull << 60) - 1)
@@ -119,7 +121,16 @@ struct rsprof_shm_header {
                               * RSPROF_START_GATE_MAX_NS, until the reader sets 0 (`rsprof
                               * run` reads the program's memory map there: a program that
                               * exits within milliseconds is still symbolized) */
+    uint32_t sampler_stack_bytes; /* atomic, written by the reader: bytes of the interrupted
+                              * thread's stack the self-sampler copies into each sample
+                              * (RSPROF_REC_SAMPLE_REGS instead of RSPROF_REC_SAMPLE), for
+                              * the reader to unwind with CFI; 0 = none. The shim clamps it
+                              * to RSPROF_SAMPLER_MAX_STACK_BYTES and rounds it down to 8 */
+    uint32_t reserved1;      /* 0 (pads the header to a multiple of 8) */
 };
+
+/* The most stack one RSPROF_REC_SAMPLE_REGS carries (header.sampler_stack_bytes). */
+#define RSPROF_SAMPLER_MAX_STACK_BYTES 65536u
 
 /* The reader's wake-up call to the self-sampler: sigqueue(pid, SIGPROF,
  * {.sival_int = RSPROF_SAMPLER_WAKE}) after attaching with reserved0 != 0,
@@ -192,6 +203,31 @@ struct rsprof_rec_sample {
     /* uint64_t frames[depth] follow */
 };
 
+/* RSPROF_REC_SAMPLE_REGS: a CPU sample as RSPROF_REC_SAMPLE (tid, time_ns,
+ * period_ns, the frame-pointer walk), plus what a CFI unwinder needs: the
+ * interrupted registers and a copy of the top of the interrupted thread's
+ * stack. Written instead of RSPROF_REC_SAMPLE while the header's
+ * sampler_stack_bytes (the bytes asked, after the shim's clamp to
+ * RSPROF_SAMPLER_MAX_STACK_BYTES and rounding down to 8) is not 0.
+ * Layout: this struct, uint64_t frames[depth] (frames[0] = ip, then return
+ * addresses as walked), then the stack area: the record's size is
+ * sizeof(struct) + 8 * depth + the bytes asked (a multiple of 8), and the
+ * first stack_bytes of that area are the bytes at [sp, sp + stack_bytes) of
+ * the thread's memory. stack_bytes may be fewer than asked (0 included): the
+ * copy (one process_vm_readv) stops at the first unreadable page, the end of
+ * the stack's mapping. The rest of the area is not meaningful. */
+struct rsprof_rec_sample_regs {
+    uint64_t header;      /* RSPROF_REC_HEADER(RSPROF_REC_SAMPLE_REGS, size) */
+    uint32_t tid;
+    uint32_t depth;       /* frame-pointer frames that follow, as in RSPROF_REC_SAMPLE */
+    uint64_t time_ns;
+    uint64_t period_ns;
+    uint64_t ip, sp, fp;  /* interrupted PC, stack pointer, frame pointer
+                           * (x86-64: RIP, RSP, RBP; aarch64: PC, SP, X29) */
+    uint64_t stack_bytes; /* bytes of stack copied from sp (<= the bytes asked) */
+    /* uint64_t frames[depth]; then uint8_t stack[] */
+};
+
 /* RSPROF_REC_THREAD */
 struct rsprof_rec_thread {
     uint64_t header;
@@ -200,13 +236,15 @@ struct rsprof_rec_thread {
     char name[16];
 };
 
-_Static_assert(sizeof(struct rsprof_shm_header) == 120, "shm header layout");
+_Static_assert(sizeof(struct rsprof_shm_header) == 128, "shm header layout");
 _Static_assert(sizeof(struct rsprof_shm_header) <= RSPROF_SHM_HEADER_BYTES, "header fits");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserve) == 32, "reserve offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, tail) == 80, "tail offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, heartbeat_ns) == 88, "heartbeat");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, state) == 100, "state offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, start_gate) == 116, "start_gate");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, sampler_stack_bytes) == 120,
+               "sampler_stack_bytes offset");
 _Static_assert(sizeof(struct rsprof_rec_stack) == 16, "stack record");
 _Static_assert(sizeof(struct rsprof_rec_alloc) == 16, "alloc record");
 _Static_assert(sizeof(struct rsprof_rec_node) == 24, "node record");
@@ -215,6 +253,16 @@ _Static_assert(sizeof(struct rsprof_rec_free) == 8, "free record");
 _Static_assert(sizeof(struct rsprof_rec_alloc_raw) == 32, "raw alloc record");
 _Static_assert(sizeof(struct rsprof_rec_sample) == 32, "sample record");
 _Static_assert(__builtin_offsetof(struct rsprof_rec_sample, period_ns) == 24, "sample period");
+_Static_assert(sizeof(struct rsprof_rec_sample_regs) == 64, "sample regs record");
+_Static_assert(__builtin_offsetof(struct rsprof_rec_sample_regs, period_ns) == 24,
+               "sample regs period");
+_Static_assert(__builtin_offsetof(struct rsprof_rec_sample_regs, ip) == 32, "sample regs ip");
+_Static_assert(__builtin_offsetof(struct rsprof_rec_sample_regs, stack_bytes) == 56,
+               "sample regs stack_bytes");
+_Static_assert(RSPROF_SAMPLER_MAX_STACK_BYTES % 8 == 0, "stack copy in words");
+_Static_assert(sizeof(struct rsprof_rec_sample_regs) + 8u * RSPROF_MAX_FRAMES +
+                   RSPROF_SAMPLER_MAX_STACK_BYTES <= RSPROF_SHM_DEFAULT_RING / 64,
+               "the largest SAMPLE_REGS record is small next to a ring");
 _Static_assert(sizeof(struct rsprof_rec_thread) == 32, "thread record");
 _Static_assert((RSPROF_SHM_DEFAULT_RING & (RSPROF_SHM_DEFAULT_RING - 1)) == 0, "ring pow2");
 

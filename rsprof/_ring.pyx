@@ -8,7 +8,13 @@ that matter but are rare (COMM, FORK, EXIT) are queued as Python tuples.
 Everything lost or malformed is counted.
 
 Stack convention: the first address is the sampled IP, every further one is
-a return address minus 1, so each is a lookup address as is.
+a return address minus 1, so each is a lookup address as is. How a sample's
+stack is found is `_unwind`'s: CFI unwinding (`Unwinder`), and the checks of a
+frame-pointer chain against the target's code and the recovery of callers from
+the copied stack (`FramePointerWalker`, which `PerfDecoder` holds).
+
+The second half reads the heap shim's shared-memory ring (`ShmRing`) into
+per-stack heap accounting (`HeapDecoder`).
 """
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -18,7 +24,9 @@ from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mun
 from posix.unistd cimport close, sysconf, _SC_PAGESIZE
 from posix.types cimport pid_t
 
-from rsprof._unwind cimport NO_ID, StackTable, range_index
+from rsprof._unwind cimport (MAX_USER_ADDRESS, MIN_CODE_ADDRESS, NO_ID, SCAN_MAX_FRAMES,
+                             FramePointerWalker, StackTable, Unwinder, US_BAD_FRAME, US_END,
+                             US_MAX, US_NO_MODULE, US_NO_RULE, US_STACK_END)
 
 
 cdef extern from "rsprof_perf.h":
@@ -44,7 +52,8 @@ cdef extern from "rsprof_perf.h":
     uint64_t RSPROF_SAMPLE_TYPE
     uint64_t RSPROF_CONTEXT_MAX
     uint64_t RSPROF_CONTEXT_USER
-    int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit, int watermark_bytes)
+    int rsprof_perf_open(int tid, int cpu, uint64_t freq, int inherit, int watermark_bytes,
+                         uint32_t stack_bytes)
     int rsprof_perf_set_output(int fd, int target_fd)
     uint64_t rsprof_ring_head(perf_event_mmap_page* page)
     uint64_t rsprof_ring_tail(perf_event_mmap_page* page)
@@ -65,39 +74,17 @@ CONTEXT_USER = RSPROF_CONTEXT_USER
 MAX_STACK = RSPROF_MAX_STACK
 NREGS = RSPROF_NREGS
 STACK_BYTES = RSPROF_STACK_BYTES
-# At most this many return addresses are taken from a scanned stack.
-DEF SCAN_MAX_FRAMES = 32
-MAX_SCANNED_FRAMES = SCAN_MAX_FRAMES
-# Checking a return address against the frame below it (docs/attribution.md):
-# does the call before it reach that function? Yes, no, or unknown (an
-# indirect call through a register or an unknown slot); -1: not after a call.
-DEF REACH_NOT_CALL = -1
-DEF REACH_NO = 0
-DEF REACH_YES = 1
-DEF REACH_UNKNOWN = 2
-# Jumps followed from a call's target to the function it reaches (PLT stubs,
-# GOT jumps, thunks, tail jumps of small functions), and the largest function
-# searched for tail jumps.
-DEF REACH_DEPTH = 3
-DEF TAIL_SEARCH_BYTES = 256
-# At most this many functions are looked into for one call: the code bytes are
-# the target's, so the work stays bounded whatever they hold.
-DEF REACH_BUDGET = 16
-THUNK_DEPTH = REACH_DEPTH
-TAIL_SEARCH_MAX = TAIL_SEARCH_BYTES
-REACH_WORK = REACH_BUDGET
-
-# Return addresses outside [MIN_CODE_ADDRESS, MAX_USER_ADDRESS] cannot be real:
-# the null page holds no code and user space ends below 2^56 (5-level paging).
-cdef uint64_t MIN_CODE_ADDRESS = 4096
-cdef uint64_t MAX_USER_ADDRESS = 0x00ffffffffffffff
-MIN_RETURN_ADDRESS = MIN_CODE_ADDRESS
-MAX_RETURN_ADDRESS = MAX_USER_ADDRESS
+# The limits of the frame checks (FramePointerWalker, in _unwind), also here
+# where rsprof/ring_reference.py reads them.
+from rsprof._unwind import (MAX_RETURN_ADDRESS, MAX_SCANNED_FRAMES, MIN_RETURN_ADDRESS,
+                            REACH_WORK, TAIL_SEARCH_MAX, THUNK_DEPTH)
 
 
-def open_cpu_clock(int tid, int cpu, uint64_t freq, bint inherit, int watermark_bytes) -> int:
-    """Open a cpu-clock sampling event; returns the fd or raises OSError."""
-    cdef int fd = rsprof_perf_open(tid, cpu, freq, inherit, watermark_bytes)
+def open_cpu_clock(int tid, int cpu, uint64_t freq, bint inherit, int watermark_bytes,
+                   uint32_t stack_bytes=RSPROF_STACK_BYTES) -> int:
+    """Open a cpu-clock sampling event that copies `stack_bytes` of user stack per
+    sample; returns the fd or raises OSError."""
+    cdef int fd = rsprof_perf_open(tid, cpu, freq, inherit, watermark_bytes, stack_bytes)
     if fd < 0:
         import os
         raise OSError(-fd, os.strerror(-fd))
@@ -157,21 +144,11 @@ cdef class PerfDecoder:
     cdef public uint64_t malformed
     cdef public uint64_t early_samples
     cdef public uint64_t broken_chains
-    cdef public uint64_t scanned_stacks
-    cdef uint64_t* code_starts
-    cdef uint64_t* code_ends
-    cdef uint8_t* code_system
-    cdef const uint8_t** code_bytes
-    cdef uint64_t* code_lens
-    cdef list code_views
-    cdef Py_ssize_t n_code
-    cdef uint64_t* func_starts
-    cdef uint64_t* func_ends
-    cdef Py_ssize_t n_funcs
-    cdef uint64_t* slot_addrs
-    cdef uint64_t* slot_targets
-    cdef Py_ssize_t n_slots
-    cdef int reach_budget
+    cdef public uint64_t cfi_stacks         # samples whose callers came from CFI unwinding
+    cdef public Unwinder unwinder           # None: frame pointers only (--unwind fp)
+    cdef int unwind_mode
+    cdef uint64_t* kframes                  # a sample's frame-pointer chain, beside CFI's
+    cdef FramePointerWalker walker          # the target's code; checks and scans chains
     cdef public list events
 
     def __cinit__(self, StackTable stacks, uint32_t target_pid, int64_t start_ns,
@@ -186,23 +163,69 @@ cdef class PerfDecoder:
         self.slots = <CountSlot*>calloc(self.capacity, sizeof(CountSlot))
         self.scratch = <uint8_t*>calloc(RSPROF_MAX_RECORD + 16, 1)
         self.frames = <uint64_t*>calloc(RSPROF_MAX_RECORD // 8 + 2, sizeof(uint64_t))
-        if not (self.slots and self.scratch and self.frames):
+        self.kframes = <uint64_t*>calloc(RSPROF_MAX_RECORD // 8 + 2, sizeof(uint64_t))
+        if not (self.slots and self.scratch and self.frames and self.kframes):
             raise MemoryError()
         self.events = []
+        self.unwinder = None
+        self.walker = FramePointerWalker()
 
     def __dealloc__(self):
         free(self.slots)
         free(self.scratch)
         free(self.frames)
-        free(self.code_starts)
-        free(self.code_ends)
-        free(self.code_system)
-        free(self.code_bytes)
-        free(self.code_lens)
-        free(self.func_starts)
-        free(self.func_ends)
-        free(self.slot_addrs)
-        free(self.slot_targets)
+        free(self.kframes)
+
+    def set_unwinder(self, Unwinder unwinder, int mode) -> None:
+        """Unwind samples that carry registers and a stack copy with `unwinder`'s CFI
+        (mode _unwind.UNWIND_AUTO or UNWIND_DWARF); None: frame pointers only."""
+        self.unwinder = unwinder
+        self.unwind_mode = mode
+
+    cdef int64_t _cfi_frames(self, uint64_t ip, uint64_t sp, uint64_t bp,
+                             const uint8_t* stack, uint64_t stack_len, uint32_t nk) except -2:
+        """Unwind one sample with CFI into self.frames, from its registers and the copy
+        of its stack (the bytes at sp). self.kframes[:nk] is the same sample's
+        frame-pointer chain (lookup addresses): where CFI stops early (the end of the
+        copy, a frame without rules) and the chain agrees with every frame CFI found,
+        the chain continues the stack (a deep stack in code with frame pointers).
+        Returns the frame count, or -1 when CFI found no caller at all (the caller
+        then counts the frame-pointer chain, as with --unwind fp)."""
+        cdef uint32_t m, k, nkeep
+        cdef int stop
+        cdef bint agree, cut = False
+        m = self.unwinder.unwind(self.unwind_mode, ip, sp, bp, stack, stack_len, self.frames,
+                                 RSPROF_MAX_STACK)
+        stop = self.unwinder.last_stop
+        if m < 2 and stop != US_END:
+            return -1
+        if m >= 2:
+            self.cfi_stacks += 1
+        if stop == US_END:
+            return m
+        if stop == US_MAX:
+            self.truncated += 1
+            return m
+        agree = nk > m
+        if agree:
+            for k in range(m):
+                if self.kframes[k] != self.frames[k]:
+                    agree = False
+                    break
+        if not agree:
+            if stop == US_STACK_END:
+                self.truncated += 1  # a deeper stack than the copy (--stack-size)
+            else:
+                self.broken_chains += 1
+            return m
+        nkeep = nk if nk < RSPROF_MAX_STACK else RSPROF_MAX_STACK
+        k = self.walker.validate_chain(self.kframes, m, nkeep, &cut)
+        memcpy(self.frames + m, self.kframes + m, (k - m) * 8)
+        if cut:
+            self.broken_chains += 1
+        elif k >= RSPROF_MAX_STACK:
+            self.truncated += 1
+        return k
 
     cdef int _grow(self) except -1:
         cdef uint64_t old_cap = self.capacity, i, j, new_cap = self.capacity * 2
@@ -239,451 +262,25 @@ cdef class PerfDecoder:
         self.used += 1
         return 0
 
-    cdef Py_ssize_t _code_index(self, uint64_t addr) noexcept:
-        """Index of the executable mapping holding addr, or -1."""
-        return range_index(self.code_starts, self.code_ends, self.n_code, addr)
-
-    cdef int _code_kind(self, uint64_t addr) noexcept:
-        """0: in no executable mapping, 1: system library (no frame pointers), 2: other code."""
-        cdef Py_ssize_t i = self._code_index(addr)
-        if i < 0:
-            return 0
-        return 1 if self.code_system[i] else 2
-
-    cdef bint _follows_call(self, Py_ssize_t i, uint64_t addr) noexcept:
-        """Whether the instruction before addr is an x86-64 call (so addr is a return
-        address, not a stale function pointer). Unknown code bytes: trust it."""
-        cdef const uint8_t* code = self.code_bytes[i]
-        cdef uint64_t o = addr - self.code_starts[i]
-        if code == NULL or o > self.code_lens[i]:
-            return True
-        if o >= 5 and code[o - 5] == 0xE8:
-            return True  # call rel32
-        if o >= 6 and code[o - 6] == 0xFF and code[o - 5] == 0x15:
-            return True  # call [rip+disp32]
-        return self._indirect_call_before(code, o)
-
     def set_code_ranges(self, ranges) -> None:
-        """Executable mappings as (start, end, is_system_library, code bytes or None).
-
-        The code bytes (the mapped part of the file, from `start`) let the stack
-        scan check that a candidate return address follows a call instruction.
-        """
-        cdef list items = sorted(((int(r[0]), int(r[1]), bool(r[2]), r[3]) for r in ranges),
-                                 key=lambda r: r[0])
-        cdef Py_ssize_t n = len(items), i
-        cdef const uint8_t[::1] view
-        self.code_starts = <uint64_t*>_resized(self.code_starts, (n + 1) * 8, 0)
-        self.code_ends = <uint64_t*>_resized(self.code_ends, (n + 1) * 8, 0)
-        self.code_system = <uint8_t*>_resized(self.code_system, n + 1, 0)
-        self.code_bytes = <const uint8_t**>_resized(self.code_bytes, (n + 1) * sizeof(uint8_t*), 0)
-        self.code_lens = <uint64_t*>_resized(self.code_lens, (n + 1) * 8, 0)
-        self.code_views = []
-        for i in range(n):
-            self.code_starts[i] = items[i][0]
-            self.code_ends[i] = items[i][1]
-            self.code_system[i] = 1 if items[i][2] else 0
-            self.code_bytes[i] = NULL
-            self.code_lens[i] = 0
-            if items[i][3] is not None and len(items[i][3]) > 0:
-                view = items[i][3]
-                self.code_views.append(view)
-                self.code_bytes[i] = &view[0]
-                self.code_lens[i] = view.shape[0]
-        self.n_code = n
+        """Executable mappings as (start, end, is_system_library, code bytes or None):
+        what frame-pointer chains are checked against and stacks scanned with
+        (FramePointerWalker.set_code_ranges)."""
+        self.walker.set_code_ranges(ranges)
 
     def set_code_facts(self, functions, slots) -> None:
         """Function bounds [(start, end)] and indirect call slots [(slot, target)],
-        runtime addresses (rsprof/recording/code_facts.py): what recovered return
-        addresses are checked against (docs/attribution.md). A slot may be listed
-        with several possible targets."""
-        cdef list fs = sorted((int(a), int(b)) for a, b in functions)
-        cdef list ss = sorted((int(a), int(b)) for a, b in slots)
-        cdef Py_ssize_t nf = len(fs), ns = len(ss), i
-        self.func_starts = <uint64_t*>_resized(self.func_starts, (nf + 1) * 8, 0)
-        self.func_ends = <uint64_t*>_resized(self.func_ends, (nf + 1) * 8, 0)
-        self.slot_addrs = <uint64_t*>_resized(self.slot_addrs, (ns + 1) * 8, 0)
-        self.slot_targets = <uint64_t*>_resized(self.slot_targets, (ns + 1) * 8, 0)
-        for i in range(nf):
-            self.func_starts[i] = fs[i][0]
-            self.func_ends[i] = fs[i][1]
-        for i in range(ns):
-            self.slot_addrs[i] = ss[i][0]
-            self.slot_targets[i] = ss[i][1]
-        self.n_funcs = nf
-        self.n_slots = ns
+        runtime addresses (FramePointerWalker.set_code_facts)."""
+        self.walker.set_code_facts(functions, slots)
 
-    cdef Py_ssize_t _func_index(self, uint64_t addr) noexcept:
-        """Index of the function (FDE range) holding addr, or -1."""
-        return range_index(self.func_starts, self.func_ends, self.n_funcs, addr)
+    @property
+    def scanned_stacks(self) -> int:
+        """Samples that got callers from the copied stack (FramePointerWalker)."""
+        return self.walker.scanned_stacks
 
-    cdef const uint8_t* _code_ptr(self, uint64_t addr, uint64_t* avail) noexcept:
-        """The mapped code bytes from addr (avail: how many), or NULL if unknown."""
-        cdef Py_ssize_t i = self._code_index(addr)
-        cdef uint64_t o
-        avail[0] = 0
-        if i < 0 or self.code_bytes[i] == NULL:
-            return NULL
-        o = addr - self.code_starts[i]
-        if o >= self.code_lens[i]:
-            return NULL
-        avail[0] = self.code_lens[i] - o
-        return self.code_bytes[i] + o
-
-    cdef int64_t _fp_frame(self, uint64_t fstart, uint64_t* plen) noexcept:
-        """Bytes from rbp down to rsp at the calls of the function at fstart, if it
-        begins with a frame-pointer prologue ([endbr64] push rbp; mov rbp, rsp;
-        pushes; [sub rsp, n]) and keeps rsp fixed after it; plen: the prologue's
-        length. -1 otherwise."""
-        cdef uint64_t avail, p = 0
-        cdef const uint8_t* c = self._code_ptr(fstart, &avail)
-        cdef int64_t size = 0
-        cdef int32_t imm32
-        if c == NULL or avail < 48:
-            return -1
-        if c[0] == 0xF3 and c[1] == 0x0F and c[2] == 0x1E and c[3] == 0xFA:
-            p = 4
-        if c[p] != 0x55:
-            return -1
-        if c[p + 1] == 0x48 and ((c[p + 2] == 0x89 and c[p + 3] == 0xE5) or
-                                 (c[p + 2] == 0x8B and c[p + 3] == 0xEC)):
-            p += 4
-        else:
-            return -1
-        while p + 2 < avail and size < 64:
-            if 0x50 <= c[p] <= 0x57 and c[p] != 0x54:
-                size += 8
-                p += 1
-            elif c[p] == 0x41 and 0x50 <= c[p + 1] <= 0x57:
-                size += 8
-                p += 2
-            else:
-                break
-        if p + 7 > 24:
-            return -1
-        if c[p] == 0x48 and c[p + 1] == 0x83 and c[p + 2] == 0xEC:
-            if c[p + 3] >= 0x80:
-                return -1
-            size += c[p + 3]
-            p += 4
-        elif c[p] == 0x48 and c[p + 1] == 0x81 and c[p + 2] == 0xEC:
-            memcpy(&imm32, c + p + 3, 4)
-            if imm32 < 0 or imm32 >= 0x1000:
-                return -1  # large frames are probed page by page: not one fixed step
-            size += imm32
-            p += 7
-        # rsp realigned (and rsp, imm), moved by a register (stack probes: sub rsp,
-        # rax / r11) or a further sub: its distance from rbp is not fixed.
-        if c[p] == 0x48 and (c[p + 1] == 0x83 or c[p + 1] == 0x81) and \
-                (c[p + 2] == 0xE4 or c[p + 2] == 0xEC):
-            return -1
-        if (c[p] == 0x48 or c[p] == 0x4C) and c[p + 1] == 0x29 and (c[p + 2] & 0xC7) == 0xC4:
-            return -1
-        if (c[p] == 0x49 and c[p + 1] == 0x89 and c[p + 2] == 0xE3) or \
-                (c[p] == 0x4C and c[p + 1] == 0x8D and c[p + 2] == 0x9C and c[p + 3] == 0x24):
-            return -1  # mov r11, rsp / lea r11, [rsp - n]: a stack probe loop follows
-        plen[0] = p
-        return size
-
-    cdef int _slot_reaches(self, uint64_t slot, uint64_t callee, int depth) noexcept:
-        """Whether a jump or call through the 8-byte slot can land in callee:
-        REACH_YES, REACH_NO, or REACH_UNKNOWN when the slot is not a known one."""
-        cdef Py_ssize_t lo = 0, hi = self.n_slots, mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self.slot_addrs[mid] < slot:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo >= self.n_slots or self.slot_addrs[lo] != slot:
-            return REACH_UNKNOWN
-        while lo < self.n_slots and self.slot_addrs[lo] == slot:
-            if self._reaches(self.slot_targets[lo], callee, depth):
-                return REACH_YES
-            lo += 1
-        return REACH_NO
-
-    cdef bint _reaches(self, uint64_t target, uint64_t callee, int depth) noexcept:
-        """Whether control entering at target reaches the function starting at
-        callee without another call: target is callee, or a PLT stub, GOT jump or
-        jump thunk to it, or a small function with a tail jump to it (followed
-        REACH_DEPTH jumps deep, REACH_BUDGET functions per call checked)."""
-        cdef uint64_t avail, p = 0, q, dest, size
-        cdef const uint8_t* c
-        cdef int32_t rel
-        cdef Py_ssize_t fi
-        if target == callee:
-            return True
-        if depth >= REACH_DEPTH or self.reach_budget <= 0:
-            return False
-        self.reach_budget -= 1
-        c = self._code_ptr(target, &avail)
-        if c == NULL or avail < 16:
-            return False
-        if c[0] == 0xF3 and c[1] == 0x0F and c[2] == 0x1E and c[3] == 0xFA:
-            p = 4  # endbr64
-        if c[p] == 0x55 and c[p + 1] == 0x48 and c[p + 2] == 0x89 and c[p + 3] == 0xE5 and \
-                c[p + 4] == 0x5D:
-            p += 5  # push rbp; mov rbp, rsp; pop rbp (a Rust thunk that keeps frame pointers)
-        if c[p] == 0xE9:
-            memcpy(&rel, c + p + 1, 4)
-            return self._reaches(target + p + 5 + <int64_t>rel, callee, depth + 1)
-        if c[p] == 0xEB:
-            return self._reaches(target + p + 2 + <int8_t>c[p + 1], callee, depth + 1)
-        if c[p] == 0xF2 and c[p + 1] == 0xFF and c[p + 2] == 0x25:
-            p += 1  # bnd jmp
-        if c[p] == 0xFF and c[p + 1] == 0x25:
-            memcpy(&rel, c + p + 2, 4)
-            return self._slot_reaches(target + p + 6 + <int64_t>rel, callee,
-                                      depth + 1) == REACH_YES
-        # Not a thunk. A small function may end in tail jumps (jmp rel32, jcc
-        # rel32, jmp *slot): look for one to callee. A byte pattern that is not
-        # really a jump would have to hit callee's exact address to count.
-        fi = self._func_index(target)
-        if fi < 0 or self.func_starts[fi] != target:
-            return False
-        size = self.func_ends[fi] - target
-        if size > TAIL_SEARCH_BYTES or size > avail:
-            return False
-        for q in range(size):
-            if q + 5 <= size and c[q] == 0xE9:
-                memcpy(&rel, c + q + 1, 4)
-                dest = target + q + 5 + <int64_t>rel
-            elif q + 6 <= size and c[q] == 0x0F and (c[q + 1] & 0xF0) == 0x80:
-                memcpy(&rel, c + q + 2, 4)
-                dest = target + q + 6 + <int64_t>rel
-            elif q + 6 <= size and c[q] == 0xFF and c[q + 1] == 0x25:
-                memcpy(&rel, c + q + 2, 4)
-                if self._slot_reaches(target + q + 6 + <int64_t>rel, callee,
-                                      depth + 1) == REACH_YES:
-                    return True
-                continue
-            else:
-                continue
-            if dest == callee:
-                return True
-            if target <= dest < target + size:
-                continue
-            fi = self._func_index(dest)
-            if fi >= 0 and self.func_starts[fi] == dest and self._reaches(dest, callee, depth + 1):
-                return True
-        return False
-
-    cdef bint _indirect_call_before(self, const uint8_t* code, uint64_t o) noexcept:
-        """Whether the bytes before code[o] end an indirect call (FF /2) other than
-        call [rip+disp32]."""
-        cdef uint8_t modrm
-        if o >= 2 and code[o - 2] == 0xFF:
-            modrm = code[o - 1]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0xC0:
-                return True  # call reg
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0 and (modrm & 7) != 4 and (modrm & 7) != 5:
-                return True  # call [reg]
-        if o >= 3 and code[o - 3] == 0xFF:
-            modrm = code[o - 2]
-            if (modrm & 0x38) == 0x10 and (((modrm & 0xC0) == 0x40 and (modrm & 7) != 4) or
-                                           ((modrm & 0xC0) == 0 and (modrm & 7) == 4)):
-                return True  # call [reg+disp8], call [sib]
-        if o >= 4 and code[o - 4] == 0xFF:
-            modrm = code[o - 3]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x40 and (modrm & 7) == 4:
-                return True  # call [sib+disp8]
-        if o >= 6 and code[o - 6] == 0xFF:
-            modrm = code[o - 5]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) != 4:
-                return True  # call [reg+disp32]
-        if o >= 7 and code[o - 7] == 0xFF:
-            modrm = code[o - 6]
-            if (modrm & 0x38) == 0x10 and (modrm & 0xC0) == 0x80 and (modrm & 7) == 4:
-                return True  # call [sib+disp32]
-        return False
-
-    cdef int _call_reaches(self, uint64_t ret, uint64_t callee) noexcept:
-        """Does the call instruction that ret returns from reach the function starting
-        at callee? REACH_YES / REACH_NO / REACH_UNKNOWN (indirect), REACH_NOT_CALL
-        (no call before ret, or its code bytes unknown)."""
-        cdef Py_ssize_t i
-        cdef const uint8_t* code
-        cdef uint64_t o
-        cdef int32_t rel
-        cdef int r, result = REACH_NOT_CALL
-        self.reach_budget = REACH_BUDGET
-        if ret <= MIN_CODE_ADDRESS or ret > MAX_USER_ADDRESS:
-            return REACH_NOT_CALL
-        i = self._code_index(ret - 1)
-        if i < 0 or self.code_bytes[i] == NULL:
-            return REACH_NOT_CALL
-        code = self.code_bytes[i]
-        o = ret - self.code_starts[i]
-        if o > self.code_lens[i]:
-            return REACH_NOT_CALL
-        if o >= 5 and code[o - 5] == 0xE8:  # call rel32
-            memcpy(&rel, code + o - 4, 4)
-            if self._reaches(ret + <int64_t>rel, callee, 0):
-                return REACH_YES
-            result = REACH_NO
-        if o >= 6 and code[o - 6] == 0xFF and code[o - 5] == 0x15:  # call [rip+disp32]
-            memcpy(&rel, code + o - 4, 4)
-            r = self._slot_reaches(ret + <int64_t>rel, callee, 0)
-            if r == REACH_YES:
-                return REACH_YES
-            if r == REACH_UNKNOWN or result == REACH_NOT_CALL:
-                result = r
-        if self._indirect_call_before(code, o):
-            result = REACH_UNKNOWN
-        return result
-
-    cdef bint _return_into(self, uint64_t w, uint64_t* fn) noexcept:
-        """Whether stack word w can be a return address: it follows a call in known
-        code bytes, inside a known function (its start in fn)."""
-        cdef Py_ssize_t fi
-        cdef uint64_t avail
-        if w <= MIN_CODE_ADDRESS or w > MAX_USER_ADDRESS:
-            return False
-        fi = self._code_index(w - 1)
-        if fi < 0 or self.code_bytes[fi] == NULL or w - self.code_starts[fi] > self.code_lens[fi] \
-                or not self._follows_call(fi, w):
-            return False
-        fi = self._func_index(w - 1)
-        if fi < 0:
-            return False
-        fn[0] = self.func_starts[fi]
-        return True
-
-    cdef uint32_t _scan_caller(self, uint32_t n, bint has_regs, uint64_t bp, uint64_t sp,
-                               const uint8_t* stack, uint64_t stack_len, bint* cut) noexcept:
-        """Make self.frames[:n] (the IP, then the kernel's frame-pointer chain) an
-        honest stack; returns the new frame count. docs/attribution.md has the rule:
-
-        1. The leaf's function keeps a frame pointer and bp is its frame: the
-           kernel's chain is right.
-        2. Otherwise the copied stack (from sp) is searched for the anchor, the
-           word that bp proves is a live return address: the return address of
-           the frame record at bp (at bp + 8), or one into a frame-pointer
-           function whose frame, by its prologue, is exactly at bp. Between the
-           leaf and the anchor, the return addresses that chain up to it (each
-           returns from a call that reaches the function below it) are kept; the
-           kernel's chain continues above the anchor.
-        3. No anchor: only return addresses that chain up from the leaf are kept
-           (through a frame-pointer function's frame record when its prologue
-           gives it), and the stack ends there (cut).
-
-        Without function bounds nothing can be checked: code without frame
-        pointers (a system library) keeps only its leaf, other code the chain.
-        """
-        cdef uint64_t leaf = self.frames[0], fn, w, s, callee, plen, v
-        cdef uint64_t off, anchor_off = 0, fallback
-        cdef int64_t frame
-        cdef Py_ssize_t fi
-        cdef int kind = self._code_kind(leaf), anchor = 0, r
-        cdef uint32_t nscan = 0, i, out, keep_from
-        cdef uint64_t found[SCAN_MAX_FRAMES]
-        cdef bint pinned
-        fi = self._func_index(leaf) if self.n_code > 0 else -1
-        if fi < 0:
-            if kind == 1:
-                cut[0] = True
-                return 1
-            return n
-        callee = self.func_starts[fi]
-        frame = self._fp_frame(callee, &plen)
-        if has_regs and frame >= 0 and leaf >= callee + plen and sp + <uint64_t>frame == bp:
-            return n
-        if not has_regs or stack_len < 8:
-            cut[0] = True
-            return 1
-        # 2. The anchor: the lowest word that bp proves.
-        off = 0
-        while off + 8 <= stack_len:
-            memcpy(&w, stack + off, 8)
-            s = sp + off
-            if n > 1 and self._return_into(w, &fn):
-                if s == bp + 8 and self.frames[1] == w - 1 and self._anchor_a(w, callee, stack, off):
-                    anchor = 1
-                    break
-                frame = self._fp_frame(fn, &plen)
-                if frame >= 0 and s + 8 + <uint64_t>frame == bp and \
-                        self._call_reaches(self.frames[1] + 1, fn) != REACH_NO:
-                    anchor = 2
-                    break
-            off += 8
-        if anchor:
-            anchor_off = off
-            off = 0
-            while off < anchor_off and nscan < SCAN_MAX_FRAMES - 1:
-                memcpy(&w, stack + off, 8)
-                if self._return_into(w, &fn) and self._call_reaches(w, callee) == REACH_YES:
-                    found[nscan] = w - 1
-                    nscan += 1
-                    callee = fn
-                off += 8
-            memcpy(&w, stack + anchor_off, 8)
-            if nscan > 0 and self._call_reaches(w, callee) != REACH_YES:
-                nscan = 0  # what was found below does not lead up to the anchor
-            found[nscan] = w - 1
-            nscan += 1
-            keep_from = 2 if anchor == 1 else 1
-            out = 1 + nscan + (n - keep_from)
-            if out > RSPROF_MAX_STACK + SCAN_MAX_FRAMES:
-                out = RSPROF_MAX_STACK + SCAN_MAX_FRAMES
-            i = out
-            while i > 1 + nscan:
-                i -= 1
-                self.frames[i] = self.frames[keep_from + (i - 1 - nscan)]
-            for i in range(nscan):
-                self.frames[1 + i] = found[i]
-            self.scanned_stacks += 1
-            return out
-        # 3. No anchor: return addresses that chain up from the leaf, then the end.
-        cut[0] = True
-        off = 0
-        fallback = 0
-        pinned = False
-        while off + 8 <= stack_len and nscan < SCAN_MAX_FRAMES:
-            memcpy(&w, stack + off, 8)
-            if self._return_into(w, &fn) and self._call_reaches(w, callee) == REACH_YES:
-                found[nscan] = w - 1
-                nscan += 1
-                callee = fn
-                pinned = False
-                frame = self._fp_frame(fn, &plen)
-                if frame >= 0:
-                    # fn's frame record is right above its calls' return address:
-                    # its caller's return address is exactly there.
-                    v = sp + off + 8 + <uint64_t>frame
-                    if v + 16 <= sp + stack_len:
-                        fallback = off + 8
-                        off = v + 8 - sp
-                        pinned = True
-                        continue
-                off += 8
-                continue
-            if pinned:
-                pinned = False
-                off = fallback
-                continue
-            off += 8
-        if nscan == 0:
-            return 1
-        for i in range(nscan):
-            self.frames[1 + i] = found[i]
-        self.scanned_stacks += 1
-        return 1 + nscan
-
-    cdef bint _anchor_a(self, uint64_t w, uint64_t leaf_fn, const uint8_t* stack,
-                        uint64_t off) noexcept:
-        """w, at bp + 8, is the return address of the frame record at bp. Confirm it
-        returns from a call that can reach a function that may own that record: the
-        leaf's, or one that a return address below it returns into."""
-        cdef uint64_t o = 0, x, fn
-        if self._call_reaches(w, leaf_fn) != REACH_NO:
-            return True
-        while o < off:
-            memcpy(&x, stack + o, 8)
-            if self._return_into(x, &fn) and self._call_reaches(w, fn) != REACH_NO:
-                return True
-            o += 8
-        return False
+    @scanned_stacks.setter
+    def scanned_stacks(self, uint64_t value) -> None:
+        self.walker.scanned_stacks = value
 
     cdef int _sample(self, const uint8_t* rec, uint32_t size) except -1:
         # Layout for RSPROF_SAMPLE_TYPE: u64 ip; u32 pid, tid; u64 time; u64 period;
@@ -692,12 +289,11 @@ cdef class PerfDecoder:
         cdef uint64_t ip, t, period, nr, i, entry, pos, abi = 0, bp = 0, sp = 0
         cdef uint64_t stack_size = 0, dyn_size = 0
         cdef const uint8_t* stack = NULL
-        cdef uint32_t pid, tid, n = 0, k
+        cdef uint32_t pid, tid, n = 0
         cdef bint in_user = True, cut = False
-        cdef Py_ssize_t ci
         cdef int64_t rel
         cdef uint64_t interval
-        cdef int64_t sid
+        cdef int64_t sid, got
         if size < 8 + 40:
             self.malformed += 1
             return 0
@@ -720,7 +316,7 @@ cdef class PerfDecoder:
             if pos + 8 * RSPROF_NREGS > size:
                 self.malformed += 1
                 return 0
-            if RSPROF_NREGS == 2:
+            if RSPROF_NREGS >= 2:  # bp, sp (then ip: PERF_SAMPLE_IP has it too)
                 memcpy(&bp, rec + pos, 8)
                 memcpy(&sp, rec + pos + 8, 8)
             pos += 8 * RSPROF_NREGS
@@ -759,18 +355,20 @@ cdef class PerfDecoder:
             # No user callchain (e.g. the frame walk failed at once): keep the IP.
             self.frames[0] = ip
             n = 1
+        if self.unwinder is not None and abi != 0 and stack != NULL and dyn_size >= 8:
+            memcpy(self.kframes, self.frames, n * 8)
+            got = self._cfi_frames(ip, sp, bp, stack, dyn_size, n)
+            if got >= 0:
+                return self._count_frames(tid, t, <uint32_t>got, period)
+            memcpy(self.frames, self.kframes, n * 8)
         if n >= RSPROF_MAX_STACK:
             self.truncated += 1
-        if self.n_code > 0:
-            # Every return address of the chain returns into code, after a call:
-            # a word that does not is garbage the walk read, not a caller.
-            for k in range(1, n):
-                ci = self._code_index(self.frames[k])
-                if ci < 0 or not self._follows_call(ci, self.frames[k] + 1):
-                    n = k
-                    cut = True
-                    break
-        n = self._scan_caller(n, abi != 0, bp, sp, stack, dyn_size if stack != NULL else 0, &cut)
+        # Every return address of the chain returns into code, after a call: a word
+        # that does not is garbage the walk read, not a caller.
+        n = self.walker.validate_chain(self.frames, 1, n, &cut)
+        n = self.walker.scan_caller(self.frames, n, RSPROF_MAX_STACK + SCAN_MAX_FRAMES,
+                                    abi != 0, bp, sp, stack,
+                                    dyn_size if stack != NULL else 0, &cut)
         if cut:
             self.broken_chains += 1
         return self._count_frames(tid, t, n, period)
@@ -806,6 +404,30 @@ cdef class PerfDecoder:
             self.malformed += 1
             return 0
         return self._count_frames(tid, t, n, period)
+
+    cdef int _self_sample_regs(self, uint32_t tid, uint64_t t, uint64_t period,
+                               const uint8_t* raw_frames, uint32_t depth, uint64_t ip,
+                               uint64_t sp, uint64_t fp, const uint8_t* stack,
+                               uint64_t stack_len) except -1:
+        """Count one SAMPLE_REGS sample from the shim's self-sampler: unwound with CFI
+        from its registers and stack[:stack_len] (the bytes at sp) when an unwinder is
+        set, continued or replaced by its frame-pointer frames as a perf sample's
+        (_cfi_frames); otherwise exactly as _self_sample."""
+        cdef uint32_t i, n = 0
+        cdef uint64_t entry
+        cdef int64_t got
+        if self.unwinder is None or stack_len < 8 or depth == 0:
+            return self._self_sample(tid, t, period, raw_frames, depth)
+        for i in range(min(depth, <uint32_t>RSPROF_MAX_STACK)):
+            memcpy(&entry, raw_frames + 8 * i, 8)
+            if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
+                break
+            self.kframes[n] = entry if n == 0 else entry - 1
+            n += 1
+        got = self._cfi_frames(ip, sp, fp, stack, stack_len, n)
+        if got < 0:
+            return self._self_sample(tid, t, period, raw_frames, depth)
+        return self._count_frames(tid, t, <uint32_t>got, period)
 
     cdef int _record(self, const uint8_t* rec, uint32_t rtype, uint32_t size) except -1:
         cdef uint64_t v
@@ -996,6 +618,7 @@ cdef extern from "rsprof_reader.h":
         uint32_t reserved0
         uint32_t sampler_ready
         uint32_t start_gate
+        uint32_t sampler_stack_bytes
     enum:
         RSPROF_SAMPLER_WAKE
         RSPROF_SHM_VERSION
@@ -1013,6 +636,8 @@ cdef extern from "rsprof_reader.h":
         RSPROF_REC_THREAD
         RSPROF_REC_ALLOC_BIG
         RSPROF_REC_NODE
+        RSPROF_REC_SAMPLE_REGS
+        RSPROF_SAMPLER_MAX_STACK_BYTES
         RSPROF_REC_TYPE_SHIFT
         RSPROF_ALLOC_SIZE_BITS
     uint64_t RSPROF_PTR_MASK
@@ -1043,6 +668,8 @@ REC_SAMPLE = RSPROF_REC_SAMPLE
 REC_THREAD = RSPROF_REC_THREAD
 REC_ALLOC_BIG = RSPROF_REC_ALLOC_BIG
 REC_NODE = RSPROF_REC_NODE
+REC_SAMPLE_REGS = RSPROF_REC_SAMPLE_REGS
+SAMPLER_MAX_STACK_BYTES = RSPROF_SAMPLER_MAX_STACK_BYTES
 REC_TYPE_SHIFT = RSPROF_REC_TYPE_SHIFT
 ALLOC_SIZE_BITS = RSPROF_ALLOC_SIZE_BITS
 PTR_MASK = RSPROF_PTR_MASK
@@ -1052,8 +679,9 @@ def record_size(uint64_t word) -> int:
     """Size of the record whose first word is `word` (0: invalid), as the shim defines it."""
     return rsprof_rec_size(word)
 
-# The largest record the reader accepts: a header, 40 bytes of fields, 1024 frames.
-DEF SHM_MAX_RECORD = 40 + 8 * 1024
+# The largest record the reader accepts: a SAMPLE_REGS of 1024 frames and the most
+# stack the shim copies (64 bytes of fixed part, RSPROF_SAMPLER_MAX_STACK_BYTES).
+DEF SHM_MAX_RECORD = 64 + 8 * 1024 + 65536
 DEF SHM_MAX_FRAMES_ACCEPTED = 1024
 # The longest CPU time one self-sample may stand for (its period_ns): a minute.
 DEF SHM_MAX_SAMPLE_PERIOD_NS = 60_000_000_000
@@ -1439,8 +1067,41 @@ cdef class HeapDecoder:
             self.self_samples += 1
             if self.cpu is not None:
                 self.cpu._self_sample(tid, ptr, nbytes, rec + 32, depth)
+        elif rtype == RSPROF_REC_SAMPLE_REGS:
+            self._sample_regs(rec, size)
         elif rtype != RSPROF_REC_PAD:
             self.malformed += 1
+        return 0
+
+    cdef int _sample_regs(self, const uint8_t* rec, uint32_t size) except -1:
+        # A self-sample with registers and a copy of the stack: tid, depth, time_ns,
+        # period_ns, ip, sp, fp, stack_bytes, frames[depth], then the stack area (the
+        # bytes asked, of which the first stack_bytes were copied from sp).
+        cdef uint32_t tid, depth
+        cdef uint64_t t, period, ip, sp, fp, stack_bytes, area
+        if size < 64:
+            self.malformed += 1
+            return 0
+        memcpy(&tid, rec + 8, 4)
+        memcpy(&depth, rec + 12, 4)
+        memcpy(&t, rec + 16, 8)
+        memcpy(&period, rec + 24, 8)
+        memcpy(&ip, rec + 32, 8)
+        memcpy(&sp, rec + 40, 8)
+        memcpy(&fp, rec + 48, 8)
+        memcpy(&stack_bytes, rec + 56, 8)
+        if depth > SHM_MAX_FRAMES_ACCEPTED or size < 64 + 8 * depth:
+            self.malformed += 1
+            return 0
+        area = size - 64 - 8 * depth
+        if (area > RSPROF_SAMPLER_MAX_STACK_BYTES or stack_bytes > area or
+                period > SHM_MAX_SAMPLE_PERIOD_NS):
+            self.malformed += 1
+            return 0
+        self.self_samples += 1
+        if self.cpu is not None:
+            self.cpu._self_sample_regs(tid, t, period, rec + 64, depth, ip, sp, fp,
+                                       rec + 64 + 8 * depth, stack_bytes)
         return 0
 
     # -- results ----------------------------------------------------------------
@@ -1560,12 +1221,17 @@ cdef class ShmRing:
             "truncated": rsprof_load_acquire_u64(&self.hdr.truncated),
         }
 
-    def attach(self, uint32_t reader_pid, uint32_t self_sample_hz=0) -> None:
+    def attach(self, uint32_t reader_pid, uint32_t self_sample_hz=0,
+               uint32_t sampler_stack_bytes=0) -> None:
         """Become the region's reader: a new session, heartbeat, then RECORDING.
 
         self_sample_hz > 0 asks the shim's SIGPROF self-sampler for CPU samples
         at that rate (header field reserved0); 0 leaves CPU to perf events.
+        sampler_stack_bytes > 0 asks each self-sample to carry the interrupted
+        registers and that many bytes of stack (SAMPLE_REGS records; the shim
+        clamps it to SAMPLER_MAX_STACK_BYTES and rounds it down to 8).
         """
+        rsprof_store_release_u32(&self.hdr.sampler_stack_bytes, sampler_stack_bytes)
         rsprof_store_release_u32(&self.hdr.reserved0, self_sample_hz)
         rsprof_fetch_add_u32(&self.hdr.session, 1)
         rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
@@ -1574,6 +1240,15 @@ cdef class ShmRing:
 
     def heartbeat(self) -> None:
         rsprof_store_release_u64(&self.hdr.heartbeat_ns, rsprof_monotonic_ns())
+
+    @property
+    def sampler_stack_bytes(self) -> int:
+        """Bytes of stack each self-sample is asked to carry (0: plain SAMPLE records)."""
+        return rsprof_load_acquire_u32(&self.hdr.sampler_stack_bytes)
+
+    @sampler_stack_bytes.setter
+    def sampler_stack_bytes(self, uint32_t value) -> None:
+        rsprof_store_release_u32(&self.hdr.sampler_stack_bytes, value)
 
     def open_start_gate(self) -> None:
         """Let a process waiting at the start gate (init_region's hold_at_start) go on."""
@@ -1601,6 +1276,7 @@ cdef class ShmRing:
             return
         rsprof_store_release_u32(&self.hdr.state, RSPROF_STATE_IDLE)
         rsprof_store_release_u32(&self.hdr.reserved0, 0)
+        rsprof_store_release_u32(&self.hdr.sampler_stack_bytes, 0)
         rsprof_store_release_u32(&self.hdr.reader_pid, 0)
 
     cdef void _zero(self, uint64_t pos, uint64_t n) noexcept:
@@ -1663,13 +1339,16 @@ cdef class ShmRing:
 
 
 def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
-                uint32_t self_sample_hz=0, bint hold_at_start=False) -> int:
+                uint32_t self_sample_hz=0, bint hold_at_start=False,
+                uint32_t sampler_stack_bytes=0) -> int:
     """Size a new region file and write its header (the layout of rsprof_shm.h).
 
     pid 0 lets the first process that maps the region claim it (`rsprof run`
     creates the region before the target exists). hold_at_start: the process
     that claims it waits in its start-up until open_start_gate() (at most
-    RSPROF_START_GATE_MAX_NS). Returns the region length.
+    RSPROF_START_GATE_MAX_NS). sampler_stack_bytes: the bytes of stack each
+    self-sample carries (SAMPLE_REGS records; 0 = plain SAMPLE records).
+    Returns the region length.
     """
     import os
     if ring_size < 4096 or (ring_size & (ring_size - 1)) != 0:
@@ -1693,6 +1372,7 @@ def init_region(int fd, uint64_t ring_size, uint32_t pid, uint32_t state,
     hdr.state = state
     hdr.reserved0 = self_sample_hz
     hdr.start_gate = 1 if hold_at_start else 0
+    hdr.sampler_stack_bytes = sampler_stack_bytes
     rsprof_store_release_u64(&hdr.magic, RSPROF_SHM_MAGIC)
     munmap(p, length)
     return length

@@ -20,3 +20,67 @@ class IntervalMap:
     def lookup_many(self, addrs: Sequence[int]) -> list[int]: ...
 
 def pack_u32(values: Iterable[int]) -> bytes: ...
+
+# ---- DWARF CFI unwinding ----
+
+UNWIND_FP: int  # 1: frame pointers only
+UNWIND_DWARF: int  # 2: CFI only
+UNWIND_AUTO: int  # 3: CFI where a usable row covers pc, else one frame-pointer step
+
+STOP_END: int
+STOP_STACK_END: int
+STOP_NO_MODULE: int
+STOP_NO_RULE: int
+STOP_BAD_FRAME: int
+STOP_MAX: int
+STOP_REASONS: dict[int, str]  # code -> "end", "stack_end", "no_module", "no_rule", ...
+
+_Buffer = bytes | bytearray | memoryview
+
+class CfiTable:
+    def __init__(self, eh_frame: _Buffer | None, eh_frame_vaddr: int = ...,
+                 debug_frame: _Buffer | None = ...) -> None: ...
+    @property
+    def row_count(self) -> int: ...
+    @property
+    def fde_count(self) -> int: ...
+    @property
+    def unsupported_rows(self) -> int: ...
+    @property
+    def bad_entries(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int: ...
+    def lookup(self, vaddr: int) -> tuple[str, int, int | None, int] | None: ...
+    def rows(self) -> list[tuple[int, str, int, int | None, int]]: ...
+
+class Unwinder:
+    last_stop: int
+    unwound: int
+    tables_built: int
+    def __init__(self) -> None: ...
+    def set_modules(self, modules: Iterable[tuple[int, int, int, object | None]]) -> None: ...
+    @property
+    def stops(self) -> dict[str, int]: ...
+    @property
+    def module_count(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int: ...
+    def unwind_py(self, mode: int, ip: int, sp: int, bp: int, stack: _Buffer,
+                  max_frames: int = ...) -> tuple[list[int], str]: ...
+
+# ---- Frame-pointer chains checked against the target's code ----
+
+MAX_SCANNED_FRAMES: int  # return addresses taken from a scanned stack, at most
+THUNK_DEPTH: int  # jumps followed from a call's target to the function it reaches
+TAIL_SEARCH_MAX: int  # the largest function searched for tail jumps (bytes)
+REACH_WORK: int  # functions looked into for one call, at most
+MIN_RETURN_ADDRESS: int
+MAX_RETURN_ADDRESS: int
+
+class FramePointerWalker:
+    scanned_stacks: int
+    def __init__(self) -> None: ...
+    def set_code_ranges(
+        self, ranges: Iterable[tuple[int, int, bool, bytes | memoryview | None]]) -> None: ...
+    def set_code_facts(self, functions: Iterable[tuple[int, int]],
+                       slots: Iterable[tuple[int, int]]) -> None: ...

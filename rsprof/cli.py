@@ -91,8 +91,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
                    "Python and Cython, and exit.")
 @click.pass_context
 def root(ctx: click.Context, pid: int | None, name: str | None, output: str | None,
-         duration: str | None, interval: str, cpu_freq: int, cpu_source: str, append: bool,
-         quiet: bool) -> int:
+         duration: str | None, interval: str, cpu_freq: int, cpu_source: str, unwind: str,
+         stack_bytes: int, append: bool, quiet: bool) -> int:
     if ctx.invoked_subcommand is not None:
         if pid is not None or name is not None:
             raise UsageError("-p/-P record a process; they do not go with a command")
@@ -100,7 +100,7 @@ def root(ctx: click.Context, pid: int | None, name: str | None, output: str | No
     if pid is None and name is None:
         raise UsageError("give -p PID or -P NAME to record, or a command (see rsprof --help)")
     return record_command(pid, name, output, duration, interval, cpu_freq, cpu_source, append,
-                          quiet)
+                          quiet, unwind=unwind, stack_bytes=stack_bytes)
 
 
 root.add_command(top_group)

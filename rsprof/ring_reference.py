@@ -413,7 +413,7 @@ def _decode_sample(res: ReferenceResult, rec: bytes, rsize: int, target_pid: int
         if pos + 8 * _ring.NREGS > rsize:
             res.malformed += 1
             return
-        if _ring.NREGS == 2:
+        if _ring.NREGS >= 2:  # bp, sp (then ip)
             bp, sp = struct.unpack_from("<QQ", rec, pos)
         pos += 8 * _ring.NREGS
     if pos + 8 > rsize:

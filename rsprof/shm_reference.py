@@ -57,6 +57,8 @@ REC_SAMPLE = _ring.REC_SAMPLE
 REC_THREAD = _ring.REC_THREAD
 REC_ALLOC_BIG = _ring.REC_ALLOC_BIG
 REC_NODE = _ring.REC_NODE
+REC_SAMPLE_REGS = _ring.REC_SAMPLE_REGS
+SAMPLER_MAX_STACK_BYTES = _ring.SAMPLER_MAX_STACK_BYTES
 _TYPE_SHIFT = _ring.REC_TYPE_SHIFT
 _SIZE_BITS = _ring.ALLOC_SIZE_BITS
 
@@ -65,8 +67,8 @@ _Q = {"magic": 0, "ring_size": 2, "reserve": 4, "dropped": 5, "waits": 6, "inter
       "raw_stacks": 8, "truncated": 9, "tail": 10, "heartbeat_ns": 11}
 _I = {"version": 2, "header_bytes": 3, "pid": 6, "max_frames": 7, "reader_pid": 24,
       "state": 25, "session": 26, "reserved0": 27, "sampler_ready": 28,
-      "start_gate": 29}
-HEADER_SIZE = 120
+      "start_gate": 29, "sampler_stack_bytes": 30}
+HEADER_SIZE = 128
 # Largest depth accepted in SAMPLE records (frames[0] is the interrupted IP).
 _MAX_SAMPLE_FRAMES = 1024
 
@@ -76,6 +78,8 @@ _STACK = struct.Struct("<II")  # stack_id, depth
 _NODE = struct.Struct("<IIQ")  # node_id, parent_id, ret
 _THREAD = struct.Struct("<II16s")  # tid, reserved, name
 _SAMPLE = struct.Struct("<IIQQ")  # tid, depth, time_ns, period_ns
+# tid, depth, time_ns, period_ns, ip, sp, fp, stack_bytes (then frames, then the stack area)
+_SAMPLE_REGS = struct.Struct("<IIQQQQQQ")
 
 
 class RegionError(RsprofError):
@@ -118,12 +122,28 @@ class SampleRecord:
 
 
 @dataclass(frozen=True)
+class SampleRegsRecord:
+    """A SAMPLE_REGS record: a self-sample with the interrupted registers and the
+    bytes of the thread's stack from sp on (as many as were readable)."""
+
+    tid: int
+    time_ns: int
+    period_ns: int
+    frames: tuple[int, ...]  # the frame-pointer walk, frames[0] the interrupted ip
+    ip: int
+    sp: int
+    fp: int
+    stack: bytes  # the stack_bytes copied from [sp, sp + len(stack))
+
+
+@dataclass(frozen=True)
 class ThreadRecord:
     tid: int
     name: str
 
 
-Record = StackRecord | AllocRecord | AllocRawRecord | FreeRecord | SampleRecord | ThreadRecord
+Record = (StackRecord | AllocRecord | AllocRawRecord | FreeRecord | SampleRecord
+          | SampleRegsRecord | ThreadRecord)
 
 
 @dataclass
@@ -422,6 +442,14 @@ class ShmReader:
             if (depth <= _MAX_SAMPLE_FRAMES and n == 32 + 8 * depth
                     and period <= _ring.SHM_MAX_SAMPLE_PERIOD):
                 return SampleRecord(tid, ts, self._frames(body, 24, depth), period)
+        elif rtype == REC_SAMPLE_REGS and n >= 64:
+            tid, depth, ts, period, ip, sp, fp, stack_bytes = _SAMPLE_REGS.unpack_from(body)
+            area = n - 64 - 8 * depth  # the stack area: the bytes the shim asked for
+            if (depth <= _MAX_SAMPLE_FRAMES and 0 <= area <= SAMPLER_MAX_STACK_BYTES
+                    and stack_bytes <= area and period <= _ring.SHM_MAX_SAMPLE_PERIOD):
+                at = 56 + 8 * depth
+                return SampleRegsRecord(tid, ts, period, self._frames(body, 56, depth), ip, sp,
+                                        fp, bytes(body[at:at + stack_bytes]))
         elif rtype == REC_THREAD and n == 32:
             tid, _, raw = _THREAD.unpack_from(body)
             return ThreadRecord(tid, raw.split(b"\0", 1)[0].decode("utf-8", "replace"))

@@ -16,18 +16,39 @@ TARGETS_DIR = ROOT / "tests" / "targets"
 EXAMPLE_DIR = ROOT / "example"
 
 
-def _cargo_build(crate: Path) -> Path:
+def _cargo_build(crate: Path, variant: str | None = None,
+                 env: dict[str, str] | None = None) -> Path:
+    """`cargo build --release` of `crate`; a `variant` gets its own target directory
+    (target/<variant>), built with `env` added to the environment."""
     if shutil.which("cargo") is None:
         pytest.skip("cargo is not installed")
-    subprocess.run(["cargo", "build", "--release", "--offline", "--quiet"], cwd=crate,
-                   check=True)
-    return crate / "target" / "release"
+    cmd = ["cargo", "build", "--release", "--offline", "--quiet"]
+    target_dir = crate / "target"
+    if variant is not None:
+        target_dir = target_dir / variant
+        cmd += ["--target-dir", str(target_dir)]
+    subprocess.run(cmd, cwd=crate, env={**os.environ, **(env or {})}, check=True)
+    return target_dir / "release"
 
 
 @pytest.fixture(scope="session")
 def targets() -> Path:
     """Directory holding the built test target binaries."""
     return _cargo_build(TARGETS_DIR)
+
+
+# A default `cargo build --release` with `debug = "line-tables-only"`: no frame
+# pointers (RUSTFLAGS replaces tests/targets/.cargo/config.toml's build.rustflags,
+# which force them), file:line and inlined frames but no types. Same as the Makefile.
+NOFP_BUILD_ENV = {"RUSTFLAGS": "-C force-frame-pointers=no",
+                  "CARGO_PROFILE_RELEASE_DEBUG": "line-tables-only"}
+
+
+@pytest.fixture(scope="session")
+def targets_nofp() -> Path:
+    """The test targets built WITHOUT frame pointers and with line tables only
+    (tests/targets/target/nofp/release): CPU stacks need CFI unwinding there."""
+    return _cargo_build(TARGETS_DIR, "nofp", NOFP_BUILD_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 MIN_FREQ, MAX_FREQ = 1, 10000
 CPU_SOURCES = ("auto", "perf", "self")
+UNWIND_MODES = ("auto", "fp", "dwarf")
+DEFAULT_STACK_BYTES = 16384
+MAX_STACK_BYTES = 61440  # a perf sample must fit in 64 KiB with its call chain
 
 
 def sampling_options(f: F) -> F:
-    """-i/--interval, --cpu-freq and --cpu-source, for every command that records."""
+    """-i/--interval, --cpu-freq, --cpu-source, --unwind and --stack-size, for every
+    command that records."""
+    f = click.option("--stack-size", "stack_bytes", default=DEFAULT_STACK_BYTES,
+                     show_default=True, type=int, metavar="BYTES",
+                     help="Bytes of each sampled thread's stack copied for --unwind dwarf/auto "
+                          f"(a multiple of 8, at most {MAX_STACK_BYTES}); deeper stacks are "
+                          "cut there, or continued by frame pointers where they exist.")(f)
+    f = click.option("--unwind", type=click.Choice(UNWIND_MODES), default="auto",
+                     show_default=True,
+                     help="How CPU stacks are walked: dwarf (the CFI of .eh_frame/.debug_frame, "
+                          "for release builds without frame pointers), fp (frame pointers "
+                          "only: cheaper, leaf-only where there are none), auto (CFI where a "
+                          "module has it, frame pointers where it does not).")(f)
     f = click.option("--cpu-source", type=click.Choice(CPU_SOURCES), default="auto",
                      show_default=True,
                      help="perf events, or the shim's SIGPROF self-sampler (needs the shim "
@@ -30,11 +45,14 @@ def sampling_options(f: F) -> F:
                         metavar="DURATION", help="Aggregation and commit interval.")(f)
 
 
-def parse_sampling(duration: str | None, interval: str,
-                   cpu_freq: int) -> tuple[float | None, float]:
+def parse_sampling(duration: str | None, interval: str, cpu_freq: int,
+                   stack_bytes: int = DEFAULT_STACK_BYTES) -> tuple[float | None, float]:
     """(duration in s or None, interval in s); usage errors for bad values."""
     if not MIN_FREQ <= cpu_freq <= MAX_FREQ:
         raise UsageError(f"--cpu-freq must be between {MIN_FREQ} and {MAX_FREQ} Hz")
+    if not 8 <= stack_bytes <= MAX_STACK_BYTES or stack_bytes % 8:
+        raise UsageError(f"--stack-size must be a multiple of 8 between 8 and "
+                         f"{MAX_STACK_BYTES} bytes")
     duration_s = parse_duration(duration, "duration") if duration is not None else None
     return duration_s, parse_duration(interval, "interval")
 

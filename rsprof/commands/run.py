@@ -48,7 +48,8 @@ def _wait_until_held(region: Region, child: subprocess.Popen[bytes],
                    "stderr go to FILE.log.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(output: str | None, duration: str | None, interval: str, cpu_freq: int,
-                cpu_source: str, quiet: bool, command: tuple[str, ...]) -> int:
+                cpu_source: str, unwind: str, stack_bytes: int, quiet: bool,
+                command: tuple[str, ...]) -> int:
     """Run COMMAND with the heap shim preloaded and record CPU and heap until it exits.
 
     \b
@@ -61,7 +62,7 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
     terminal the live display runs (q stops recording; the program keeps
     running, and rsprof exits 0) and the program's output goes to FILE.log.
     """
-    duration_s, interval_s = parse_sampling(duration, interval, cpu_freq)
+    duration_s, interval_s = parse_sampling(duration, interval, cpu_freq, stack_bytes)
     program = shutil.which(command[0])
     if program is None:
         raise UsageError(f"cannot run {command[0]!r}: no such program")
@@ -70,8 +71,10 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         raise UsageError(f"{out} already exists")
     shim = str(shim_path())
     remove_stale_regions()
-    region = create_region(self_sample_hz=cpu_freq if cpu_source == "self" else 0,
-                           hold_at_start=True)
+    self_sampled = cpu_source == "self"
+    region = create_region(self_sample_hz=cpu_freq if self_sampled else 0, hold_at_start=True,
+                           sampler_stack_bytes=stack_bytes if self_sampled and unwind != "fp"
+                           else 0)
     env = child_env(os.environ)  # a one-file rsprof's LD_LIBRARY_PATH is not the program's
     env["LD_PRELOAD"] = shim + (" " + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     env[SHM_ENV] = region.name
@@ -90,7 +93,8 @@ def run_command(output: str | None, duration: str | None, interval: str, cpu_fre
         target = ProcessInfo(child.pid, os.path.basename(program)[:15], " ".join(command),
                              program)
         options = RecordOptions(output=out, duration_s=duration_s, interval_s=interval_s,
-                                cpu_freq=cpu_freq, cpu_source=cpu_source, progress=not live,
+                                cpu_freq=cpu_freq, cpu_source=cpu_source, unwind=unwind,
+                                stack_bytes=stack_bytes, progress=not live,
                                 handle_signals=not live)
         # If recording stops first (-d, a signal, q), the program runs on unrecorded.
         recorder = Recorder(target, options, heap=region, child=child)

@@ -11,6 +11,7 @@ from rsprof.attribution import RSPROF_FUNCTION
 from rsprof.commands.options import report_options, selection_options
 from rsprof.commands.profile_arg import resolve_profile
 from rsprof.report.cpu import build_cpu_report
+from rsprof.report.detail_notes import detail_note_lines
 from rsprof.report.heap import build_heap_report, human_bytes
 from rsprof.report.render import Cell, render_csv, render_json, render_table
 from rsprof.report.selection import parse_selection
@@ -51,6 +52,7 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     conn = open_readonly(path)
     try:
         report = build_cpu_report(conn, include_internal=include_internal, selection=selection)
+        notes = detail_note_lines(conn)  # the detail the profile lacks, and how to get it
     finally:
         conn.close()
     if sort_by == "total":
@@ -62,7 +64,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     s = report.summary
     out = sys.stdout
     if as_json:
-        render_json(out, cpu_document(path, report, rows, include_internal, selection))
+        render_json(out, {**cpu_document(path, report, rows, include_internal, selection),
+                          "notes": notes})
         return
     headers = ["self%", "total%", "samples", "function", "location"]
     table: list[list[Cell]] = [
@@ -75,8 +78,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
                  if report.ns_estimated else "")
     out.write(
         f"{path}: {s.process_name} (pid {s.pid}), {s.duration_s:.1f}s, "
-        f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source}), "
-        f"{report.total_ns / 1e9:.2f}s of CPU{estimated}\n"
+        f"{report.total_samples} samples at {s.cpu_freq} Hz ({s.cpu_source}, "
+        f"{s.unwind_text()}), {report.total_ns / 1e9:.2f}s of CPU{estimated}\n"
         f"lost records {c['lost_records']}, truncated stacks {c['truncated_stacks']}, "
         f"broken stacks {c['broken_stacks']}, unresolved addresses "
         f"{c['unresolved_addresses']}\n")
@@ -91,6 +94,8 @@ def top_cpu(profile: Path | None, limit: int, threshold: float, sort_by: str,
     if c["malformed_records"] or c["other_process_samples"]:
         out.write(f"malformed records {c['malformed_records']}, samples of child processes "
                   f"{c['other_process_samples']} (not stored)\n")
+    for note in notes:
+        out.write(f"note: {note}\n")
     out.write("\n")
     render_table(out, headers, table, right_align=[True, True, True, False, False])
 
@@ -112,6 +117,7 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
     conn = open_readonly(path)
     try:
         report = build_heap_report(conn, include_internal=include_internal, selection=selection)
+        notes = detail_note_lines(conn)
     finally:
         conn.close()
     rows = report.rows[:limit]
@@ -119,7 +125,8 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
     c = s.counters
     out = sys.stdout
     if as_json:
-        render_json(out, heap_document(path, report, rows, include_internal, selection))
+        render_json(out, {**heap_document(path, report, rows, include_internal, selection),
+                          "notes": notes})
         return
     if as_csv:  # rows only: the warning goes to stderr (JSON has it in its summary)
         if s.heap_partial:
@@ -139,6 +146,8 @@ def top_heap(profile: Path | None, limit: int, include_internal: bool, as_json: 
         out.write(f"warning: {s.heap_partial}\n")
     if not selection.everything:
         out.write(f"selection: {selection.describe()} (live: at its end)\n")
+    for note in notes:
+        out.write(f"note: {note}\n")
     out.write("\n")
     table: list[list[Cell]] = [
         [human_bytes(r.live_bytes), human_bytes(r.alloc_bytes), r.allocs, r.frees, r.function,

@@ -38,12 +38,16 @@ class Region:
 
 
 def create_region(ring_bytes: int = DEFAULT_RING_BYTES, self_sample_hz: int = 0,
-                  hold_at_start: bool = False) -> Region:
+                  hold_at_start: bool = False, sampler_stack_bytes: int = 0) -> Region:
     """A fresh private region in RECORDING state, for a target about to be launched.
 
     self_sample_hz > 0 has the shim's SIGPROF self-sampler running from the start;
     hold_at_start makes the program wait in its start-up (after its libraries are
-    mapped) until `region.ring.open_start_gate()`, at most 2 s."""
+    mapped) until `region.ring.open_start_gate()`, at most 2 s; sampler_stack_bytes
+    > 0 makes each self-sample carry the interrupted registers and that many bytes
+    of the thread's stack (SAMPLE_REGS records, for CFI unwinding; the shim clamps
+    it to `_ring.SAMPLER_MAX_STACK_BYTES`). An attach to an existing region sets it
+    with `region.ring.attach(reader_pid, hz, sampler_stack_bytes)`."""
     name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:
         fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -51,7 +55,7 @@ def create_region(ring_bytes: int = DEFAULT_RING_BYTES, self_sample_hz: int = 0,
         raise RsprofError(f"cannot create shared memory in {SHM_DIR}: {exc.strerror}") from None
     try:
         length = _ring.init_region(fd, ring_bytes, 0, _ring.STATE_RECORDING, self_sample_hz,
-                                   hold_at_start)
+                                   hold_at_start, sampler_stack_bytes)
         ring = _ring.ShmRing(fd, length)
     except (OSError, ValueError) as exc:
         os.unlink(SHM_DIR / name)

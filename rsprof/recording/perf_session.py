@@ -18,11 +18,21 @@ from rsprof import _ring
 from rsprof.errors import PermissionDenied, ProcessNotFound, RsprofError, UsageError
 from rsprof.recording.process import thread_ids
 
+# Bytes of user stack copied per sample with --unwind fp: enough for the validated
+# scan that recovers a leaf's caller in code without frame pointers (docs/attribution.md).
+FP_STACK_BYTES = 512
+MIN_RING_PAGES, MAX_RING_PAGES = 16, 4096
 
-def ring_pages_for(freq: int) -> int:
-    """Data pages per CPU ring: a sample is ~0.7 KiB (512 bytes of it the stack copy),
-    so keep a few hundred milliseconds of samples of several threads."""
-    return 128 if freq <= 500 else 512  # 512 KiB or 2 MiB with 4 KiB pages
+
+def ring_pages_for(freq: int, stack_bytes: int = FP_STACK_BYTES) -> int:
+    """Data pages per CPU ring (a power of two): room for ~250 ms of samples at `freq`
+    on that CPU, each its stack copy plus ~1.2 KiB (registers, call chain), and never
+    less than 512 KiB or 2 MiB above 500 Hz (a few hundred ms of several threads)."""
+    want = freq * (stack_bytes + 1200) // 4 // 4096
+    pages = 128 if freq <= 500 else 512
+    while pages < min(want, MAX_RING_PAGES):
+        pages *= 2
+    return pages
 
 
 def online_cpus() -> list[int]:
@@ -130,10 +140,12 @@ def explain_perf_error(exc: OSError, pid: int, freq: int = 0) -> RsprofError:
 class PerfSession:
     """The open events and rings sampling one process."""
 
-    def __init__(self, pid: int, freq: int, ring_pages: int | None = None) -> None:
+    def __init__(self, pid: int, freq: int, ring_pages: int | None = None,
+                 stack_bytes: int = FP_STACK_BYTES) -> None:
         self.pid = pid
         self.freq = freq
-        self.ring_pages = ring_pages or ring_pages_for(freq)
+        self.stack_bytes = stack_bytes
+        self.ring_pages = ring_pages or ring_pages_for(freq, stack_bytes)
         self.cpus = online_cpus()
         self.rings: dict[int, _ring.PerfRing] = {}
         self.fds: list[int] = []
@@ -167,7 +179,8 @@ class PerfSession:
         opened: list[int] = []
         for cpu in self.cpus:
             try:
-                fd = _ring.open_cpu_clock(tid, cpu, self.freq, True, watermark)
+                fd = _ring.open_cpu_clock(tid, cpu, self.freq, True, watermark,
+                                          self.stack_bytes)
             except OSError as exc:
                 for f in opened:
                     os.close(f)
@@ -177,14 +190,23 @@ class PerfSession:
             opened.append(fd)
             ring = self.rings.get(cpu)
             if ring is None:
-                try:
-                    self.rings[cpu] = _ring.PerfRing(fd, self.ring_pages)
-                except OSError as exc:
-                    raise RsprofError(f"cannot map the perf ring: {exc.strerror}") from None
+                self.rings[cpu] = self._map_ring(fd)
             else:
                 _ring.set_output(fd, ring.fd)
         self.fds.extend(opened)
         self.attached_tids.add(tid)
+
+    def _map_ring(self, fd: int) -> _ring.PerfRing:
+        """The ring of one CPU; halved while the kernel refuses its size (an unprivileged
+        user's locked-memory limit, kernel.perf_event_mlock_kb)."""
+        while True:
+            try:
+                return _ring.PerfRing(fd, self.ring_pages)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOMEM) or \
+                        self.ring_pages <= MIN_RING_PAGES:
+                    raise RsprofError(f"cannot map the perf ring: {exc.strerror}") from None
+                self.ring_pages //= 2
 
     def drain(self, decoder: _ring.PerfDecoder) -> int:
         return sum(ring.drain(decoder) for ring in self.rings.values())

@@ -23,7 +23,7 @@ from rsprof.errors import PermissionDenied, ProfileError, UsageError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.heap_region import Region
 from rsprof.recording.own_allocator import record_finding
-from rsprof.recording.perf_session import NullPerfSession, PerfSession
+from rsprof.recording.perf_session import FP_STACK_BYTES, NullPerfSession, PerfSession
 from rsprof.recording.process import (
     ProcessInfo,
     catches_signal,
@@ -36,6 +36,7 @@ from rsprof.report.heap import human_bytes
 from rsprof.report.profile_summary import partial_text
 from rsprof.storage.writer import HEAP_ROWS_CHUNK, ProfileWriter, RecordingInfo
 from rsprof.symbols.elf import read_elf_identity
+from rsprof.symbols.model import ResolvedAddress
 from rsprof.symbols.resolver import Symbolizer
 
 STACK_CHUNK = 8192  # new stacks symbolized and stored at a time
@@ -54,6 +55,8 @@ class RecordOptions:
     interval_s: float = 1.0
     cpu_freq: int = 99
     cpu_source: str = "auto"  # "auto" (perf, else self-sampling), "perf" or "self"
+    unwind: str = "auto"  # "auto" (CFI, else frame pointers), "dwarf" (CFI only) or "fp"
+    stack_bytes: int = 16384  # user stack copied per CPU sample for CFI unwinding
     append: bool = False
     progress: bool = True  # a progress line on status every interval (not under the TUI)
     cache_dir: Path | None = None
@@ -73,8 +76,11 @@ class RecordResult:
 
 
 def _set_code_ranges(decoder: _ring.PerfDecoder, code: CodeMap, symbolizer: Symbolizer) -> None:
-    """Tell the decoder where code is, which keeps no frame pointers, and its bytes."""
+    """Tell the decoder where code is, which keeps no frame pointers, and its bytes;
+    and its unwinder every module's unwind sections (built into rules lazily)."""
     decoder.set_code_ranges(code.ranges(symbolizer.mappings))
+    if decoder.unwinder is not None:
+        decoder.unwinder.set_modules(code.unwind_modules(symbolizer.mappings))
 
 
 def _set_code_facts(decoder: _ring.PerfDecoder, code: CodeMap, symbolizer: Symbolizer) -> None:
@@ -119,6 +125,8 @@ class Recorder:
         self._heap_batches: list[tuple[int, list[_ring.SiteTotals]]] = []  # for _flush
         self._heap_rows_next_ns = 0  # per-stack rows may be written again from then on
         self.code_map = CodeMap(target.pid, target.executable)
+        # Stack bytes copied per CPU sample for CFI unwinding (0: frame pointers only).
+        self._stack_bytes = options.stack_bytes if options.unwind != "fp" else 0
         self.started = threading.Event()  # set once the profile holds the recording
         self.heap_not_seen = ""  # why the heap shim saw nothing (own_allocator.py)
         # Never silently partial: the shim's `dropped` counter when we attached (-p:
@@ -131,6 +139,7 @@ class Recorder:
         self._start_offset_s = 0.0  # this recording's start, from the profile's start
         self.heap_partial: tuple[float, int, int] | None = None  # (from_s, after, dropped)
         self.heap_shim_stopped = False  # the shim gave up (STOPPED): nothing more is counted
+        self._detail_done: set[tuple[str, str | None]] = set()  # modules whose detail is stored
 
     def _alive(self) -> bool:
         if self.child is not None:
@@ -181,7 +190,8 @@ class Recorder:
         opts = self.options
         pid = self.target.pid
         if opts.cpu_source in ("perf", "auto"):
-            session = PerfSession(pid, opts.cpu_freq)
+            session = PerfSession(pid, opts.cpu_freq, stack_bytes=self._stack_bytes
+                                  or FP_STACK_BYTES)
             try:
                 session.open(allow_gone=self.child is not None)
                 self.cpu_source = "perf"
@@ -231,13 +241,14 @@ class Recorder:
             pid=pid, process_name=self.target.name, cmdline=self.target.cmdline,
             executable=self.target.executable, build_id=_build_id_of(self.target.pid),
             cpu_source=self.cpu_source, cpu_freq=opts.cpu_freq, interval_s=opts.interval_s,
-            start_time=start_wall, heap_source=self.heap_source,
+            start_time=start_wall, heap_source=self.heap_source, unwind=opts.unwind,
+            stack_bytes=self._stack_bytes,
         ))
         stacks = _unwind.StackTable()
         if self.heap is not None:
             self.heap_decoder = _ring.HeapDecoder(stacks)
             self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
-            self.heap.ring.attach(os.getpid(), self_hz)
+            self.heap.ring.attach(os.getpid(), self_hz, self._stack_bytes if self_hz else 0)
             self._wake_sampler()
             if self.child is None:  # -p: what earlier sessions dropped is not ours
                 shim = self.heap.ring.counters()
@@ -253,6 +264,9 @@ class Recorder:
         self._start_offset_s = start_wall - writer.profile_start_time
         self._interval_ns = interval_ns
         decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
+        if opts.unwind != "fp":
+            decoder.set_unwinder(_unwind.Unwinder(), _unwind.UNWIND_AUTO if opts.unwind == "auto"
+                                 else _unwind.UNWIND_DWARF)
         if self.heap_decoder is not None and self.cpu_source == "self":
             self.heap_decoder.cpu = decoder  # SAMPLE records count as CPU samples
         _set_code_ranges(decoder, self.code_map, symbolizer)
@@ -325,6 +339,8 @@ class Recorder:
                 while self._drain_heap():  # records reserved before the detach
                     pass
             self._flush(decoder, stacks, symbolizer, writer, final=True)
+            for warning in symbolizer.warnings[warned:]:  # a program that ran < 1 interval
+                self.status.write(f"rsprof: warning: {warning}\n")
         finally:
             if self.heap is not None and self.heap_decoder is not None:
                 self.heap.ring.detach()
@@ -398,6 +414,7 @@ class Recorder:
         c.other_process_samples = decoder.other_process_samples
         c.broken_stacks = decoder.broken_chains
         c.scanned_stacks = decoder.scanned_stacks
+        c.cfi_stacks = decoder.cfi_stacks
         writer.commit()
 
     def _store_new_stacks(self, decoder: _ring.PerfDecoder, stacks: _unwind.StackTable,
@@ -420,9 +437,22 @@ class Recorder:
                     _set_code_facts(decoder, self.code_map, symbolizer)
                     resolved.update(symbolizer.resolve(unknown))
                 writer.add_addresses(resolved)
+                self._store_module_details(resolved, symbolizer, writer)
             writer.add_stacks(new_stacks)
             del new_stacks
             self._drain_heap()
+
+    def _store_module_details(self, resolved: dict[int, ResolvedAddress],
+                              symbolizer: Symbolizer, writer: ProfileWriter) -> None:
+        """The detail each module with stored addresses can give, once per module: what
+        `top` and the TUI say the profile lacks (rsprof/report/detail_notes.py)."""
+        new = {(r.module, r.build_id) for r in resolved.values()} - self._detail_done
+        for module, build_id in new:
+            self._detail_done.add((module, build_id))
+            detail = symbolizer.module_detail(module, build_id)
+            if detail is not None:
+                writer.set_module_detail(module, build_id, detail.symbols, detail.functions,
+                                         detail.cfi)
 
     def _write_heap_sites(self, writer: ProfileWriter, final: bool,
                           store_stacks: Callable[[], None]) -> None:
@@ -499,6 +529,11 @@ class Recorder:
             return None
         return "preload" if self.child is not None else "shim"
 
+    def _unwind_text(self) -> str:
+        if self.options.unwind == "fp":
+            return "frame-pointer unwinding"
+        return f"{self.options.unwind} unwinding, {self._stack_bytes:,} bytes of stack"
+
     def _summary(self, r: RecordResult) -> None:
         if r.end_reason == "exited":
             how = describe_exit(self.exit_code) if self.exit_code is not None else "exited"
@@ -511,9 +546,9 @@ class Recorder:
                     f" ({human_bytes(h.total_live_bytes)} live at the end)")
         self.status.write(
             f"rsprof: wrote {r.output}: {r.samples} samples over {r.elapsed_s:.1f}s "
-            f"from {r.threads} threads{heap} (lost {r.lost_records}, truncated "
-            f"{r.truncated_stacks}, unresolved addresses {r.unresolved_addresses}); rsprof "
-            f"used {self.own_cpu_s:.2f}s CPU, {self.own_max_rss_kb // 1024} MB\n")
+            f"({self._unwind_text()}) from {r.threads} threads{heap} (lost {r.lost_records}, "
+            f"truncated {r.truncated_stacks}, unresolved addresses {r.unresolved_addresses}); "
+            f"rsprof used {self.own_cpu_s:.2f}s CPU, {self.own_max_rss_kb // 1024} MB\n")
         if self.heap_not_seen:
             self.status.write(f"rsprof: warning: heap not seen: {self.heap_not_seen}\n")
         if self.heap_partial is not None:

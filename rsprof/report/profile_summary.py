@@ -11,9 +11,9 @@ from rsprof.recording.process import identity_alive
 COUNTER_KEYS = (
     "samples", "lost_records", "truncated_stacks", "unresolved_addresses",
     "malformed_records", "throttle_events", "other_process_samples", "broken_stacks",
-    "scanned_stacks", "heap_allocs", "heap_frees", "heap_unknown_frees", "heap_dropped",
-    "heap_malformed", "heap_unknown_stacks", "heap_replaced_live", "heap_raw_stacks",
-    "heap_truncated_stacks", "heap_waits",
+    "scanned_stacks", "cfi_stacks", "heap_allocs", "heap_frees", "heap_unknown_frees",
+    "heap_dropped", "heap_malformed", "heap_unknown_stacks", "heap_replaced_live",
+    "heap_raw_stacks", "heap_truncated_stacks", "heap_waits",
 )
 
 
@@ -37,6 +37,16 @@ class ProfileSummary:
     # (as `elapsed_s` and --since). See partial_text, cut_short_text.
     heap_partial: str = ""
     heap_partial_from_s: float | None = None
+    unwind: str = ""  # "auto", "dwarf" or "fp"; "" in profiles from before --unwind (fp)
+    stack_bytes: int = 0
+
+    def unwind_text(self) -> str:
+        """How CPU stacks were walked, as the summaries say it."""
+        if self.unwind in ("auto", "dwarf"):
+            how = ("CFI, frame pointers where a module has none" if self.unwind == "auto"
+                   else "CFI only")
+            return f"{self.unwind} unwinding ({how}; {self.stack_bytes:,} bytes of stack)"
+        return "frame-pointer unwinding"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -45,7 +55,8 @@ class ProfileSummary:
             "duration_s": round(self.duration_s, 3), "cpu_freq": self.cpu_freq,
             "cpu_source": self.cpu_source, "end_reason": self.end_reason,
             "heap_not_seen": self.heap_not_seen, "heap_partial": self.heap_partial,
-            "heap_partial_from_s": self.heap_partial_from_s, **self.counters,
+            "heap_partial_from_s": self.heap_partial_from_s,
+            "unwind": self.unwind or "fp", "stack_bytes": self.stack_bytes, **self.counters,
         }
 
 
@@ -143,6 +154,9 @@ def read_summary(conn: sqlite3.Connection) -> ProfileSummary:
         heap_not_seen=meta.get("heap_not_seen", ""),
         heap_partial=heap_partial,
         heap_partial_from_s=heap_partial_from_s,
+        unwind=meta.get("unwind", ""),
+        stack_bytes=int(meta.get("stack_bytes") or 0) if (meta.get("stack_bytes") or
+                                                         "0").isdigit() else 0,
     )
 
 

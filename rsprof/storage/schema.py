@@ -11,7 +11,8 @@ import sqlite3
 # 2: heap_samples, heap_timeline, cpu_samples and cpu_leaf_samples have one row per
 # charged site; the per-stack rows moved to heap_stacks, heap_stack_timeline, cpu_stacks.
 # Later additions within version 2 (an older rsprof reads such a file and ignores them;
-# this one reads files without them): cpu_counts.ns, the mappings table
+# this one reads files without them): cpu_counts.ns, the mappings table,
+# recordings.unwind, stack_bytes and cfi_stacks, modules.symbols, functions and cfi
 # (ADDED_COLUMNS, and CREATE TABLE IF NOT EXISTS).
 SCHEMA_VERSION = 2
 
@@ -53,12 +54,18 @@ CREATE TABLE IF NOT EXISTS recordings (
     heap_replaced_live INTEGER NOT NULL DEFAULT 0,
     heap_raw_stacks INTEGER NOT NULL DEFAULT 0,
     heap_truncated_stacks INTEGER NOT NULL DEFAULT 0,
-    heap_waits INTEGER NOT NULL DEFAULT 0
+    heap_waits INTEGER NOT NULL DEFAULT 0,
+    unwind        TEXT,
+    stack_bytes   INTEGER,
+    cfi_stacks    INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS modules (
     id        INTEGER PRIMARY KEY,
     path      TEXT NOT NULL,
     build_id  TEXT,
+    symbols   TEXT,
+    functions INTEGER,
+    cfi       INTEGER,
     UNIQUE (path, build_id)
 );
 CREATE TABLE IF NOT EXISTS frames (
@@ -143,7 +150,16 @@ CREATE TABLE IF NOT EXISTS mappings (
 
 # Columns added to existing tables within a schema version: a writer appending to an
 # older file adds them (NULL in its older rows); readers check with has_column().
-ADDED_COLUMNS = (("cpu_counts", "ns", "INTEGER"),)
+ADDED_COLUMNS = (
+    ("cpu_counts", "ns", "INTEGER"),
+    ("recordings", "unwind", "TEXT"),
+    ("recordings", "stack_bytes", "INTEGER"),
+    ("recordings", "cfi_stacks", "INTEGER NOT NULL DEFAULT 0"),
+    # The detail a module's ELF file gives (rsprof/report/detail_notes.py).
+    ("modules", "symbols", "TEXT"),
+    ("modules", "functions", "INTEGER"),
+    ("modules", "cfi", "INTEGER"),
+)
 
 
 def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:

@@ -48,6 +48,8 @@ class RecordingInfo:
     interval_s: float
     start_time: float
     heap_source: str | None = None
+    unwind: str = "fp"  # how CPU stacks were walked: "auto", "dwarf" or "fp"
+    stack_bytes: int = 0  # user stack copied per CPU sample for CFI unwinding (0: none)
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ class RecordingCounters:
     other_process_samples: int = 0
     broken_stacks: int = 0
     scanned_stacks: int = 0
+    cfi_stacks: int = 0
     heap_allocs: int = 0
     heap_frees: int = 0
     heap_unknown_frees: int = 0
@@ -83,6 +86,7 @@ class RecordingCounters:
             "other_process_samples": self.other_process_samples,
             "broken_stacks": self.broken_stacks,
             "scanned_stacks": self.scanned_stacks,
+            "cfi_stacks": self.cfi_stacks,
             "heap_allocs": self.heap_allocs,
             "heap_frees": self.heap_frees,
             "heap_unknown_frees": self.heap_unknown_frees,
@@ -197,11 +201,11 @@ class ProfileWriter:
     def begin_recording(self, info: RecordingInfo) -> int:
         cur = self.conn.execute(
             "INSERT INTO recordings (pid, process_name, cmdline, executable, build_id,"
-            " cpu_source, cpu_freq, interval_s, start_time, heap_source)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            " cpu_source, cpu_freq, interval_s, start_time, heap_source, unwind, stack_bytes)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (info.pid, info.process_name, info.cmdline, info.executable, info.build_id,
              info.cpu_source, info.cpu_freq, info.interval_s, info.start_time,
-             info.heap_source),
+             info.heap_source, info.unwind, info.stack_bytes),
         )
         self.recording_id = int(cur.lastrowid or 0)
         self._stack_ids = array("q")  # a new recording's recorder numbers from 0 again
@@ -219,6 +223,7 @@ class ProfileWriter:
             "interval_s": info.interval_s, "start_time": first,
             "recordings": self.recording_id, "end_time": "", "end_reason": "recording",
             "heap_source": info.heap_source or "", "exit_code": "",
+            "unwind": info.unwind, "stack_bytes": info.stack_bytes,
         })
         self.commit()
         return self.recording_id
@@ -317,6 +322,14 @@ class ProfileWriter:
             if build_id is not None or path not in self._module_by_path:
                 self._module_by_path[path] = mid
         return mid
+
+    def set_module_detail(self, path: str, build_id: str | None, symbols: str,
+                          functions: int, cfi: bool) -> None:
+        """The detail the module's ELF file gives (docs/schema.md: modules.symbols,
+        functions, cfi), on its row (made if there is none yet)."""
+        self.conn.execute(
+            "UPDATE modules SET symbols = ?, functions = ?, cfi = ? WHERE id = ?",
+            (symbols, functions, int(cfi), self._module_id(path, build_id)))
 
     def _frame_id(self, frame: Frame) -> tuple[int, bool]:
         found = self._frame_ids.get(frame)  # the same Frame objects recur in many stacks

@@ -263,6 +263,30 @@ def read_section_facts(path: str) -> SectionFacts:
     return SectionFacts(has_dwarf, table, functions, build_id)
 
 
+@dataclass(frozen=True, slots=True)
+class DetailFacts:
+    """What detail an object can give, from its section names alone (no section read)."""
+
+    has_symtab: bool  # a .symtab with entries: not stripped
+    has_cfi: bool  # .eh_frame or .debug_frame with contents: unwindable without frame pointers
+
+
+def read_detail_facts(path: str) -> DetailFacts:
+    """Whether `path` keeps its .symtab and has unwind tables (CFI)."""
+    with open(path, "rb") as f:
+        sections, is64, _little = _section_table(f, path)
+    entry = 24 if is64 else 16  # an ElfN_Sym; the first entry is the null symbol
+    has_symtab = has_cfi = False
+    for sec in sections:
+        if sec.type == _SHT_NOBITS:  # a separate debug file's placeholders
+            continue
+        if sec.name == ".symtab" and sec.size > entry:
+            has_symtab = True
+        elif sec.name in (".eh_frame", ".debug_frame") and sec.size > 4:  # not a terminator
+            has_cfi = True
+    return DetailFacts(has_symtab, has_cfi)
+
+
 # The libc allocator functions an executable replaces when it defines them itself.
 MALLOC_FAMILY = ("malloc", "free", "calloc", "realloc")
 

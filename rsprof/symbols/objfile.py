@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rsprof.symbols.cache import read_sealed, write_sealed
 from rsprof.symbols.demangle import demangle
 from rsprof.symbols.dwarf_reader import DwarfReaderLines, load_source_lines, separate_debug_file
-from rsprof.symbols.elf import ElfIdentity, NotElfError, read_elf_identity, read_section_facts
+from rsprof.symbols.elf import (
+    ElfIdentity,
+    NotElfError,
+    read_detail_facts,
+    read_elf_identity,
+    read_section_facts,
+)
 from rsprof.symbols.model import Frame
 from rsprof.symbols.symtab import SymbolTable
 
@@ -46,6 +54,28 @@ def cache_key(identity: ElfIdentity, read_path: str) -> str:
     return "nobid-" + hashlib.sha1(ident.encode()).hexdigest()[:24]
 
 
+# The detail an object's symbols give (docs/schema.md, modules.symbols), best first.
+SYMBOL_LEVELS = ("lines", "functions", "exports", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleDetail:
+    """The detail a profile can have for one object.
+
+    `symbols`: "lines" (DWARF line info, in the file or a separate debug file found by
+    build-id: function, file:line and inlined frames), "functions" (a .symtab, no line
+    info: function names only), "exports" (stripped: no .symtab, only the functions of
+    .dynsym; every other address is module+0xoffset), "none" (no function symbols).
+    `functions`: how many function symbols (distinct addresses) it has.
+    `cfi`: it has .eh_frame or .debug_frame, so CPU stacks through it can be unwound
+    without frame pointers.
+    """
+
+    symbols: str
+    functions: int
+    cfi: bool
+
+
 class ObjectSymbols:
     """Resolves ELF virtual addresses of one object to frames.
 
@@ -75,6 +105,20 @@ class ObjectSymbols:
                     )
         except (OSError, NotElfError) as e:
             self.error = str(e)
+        self.detail: ModuleDetail | None = None  # None when the file cannot be read
+        if self.error is None:
+            try:
+                facts = read_detail_facts(read_path)
+            except (OSError, ValueError, struct.error):
+                pass
+            else:
+                if self.dwarf is not None:
+                    level = "lines"
+                elif not len(self.symtab):
+                    level = "none"
+                else:
+                    level = "functions" if facts.has_symtab else "exports"
+                self.detail = ModuleDetail(level, len(self.symtab), facts.has_cfi)
 
     @property
     def build_id(self) -> str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rsprof.symbols.maps import Mapping
     from rsprof.symbols.model import Frame, ResolvedAddress
-    from rsprof.symbols.objfile import ObjectSymbols
+    from rsprof.symbols.objfile import ModuleDetail, ObjectSymbols
 
 UNKNOWN_MODULE = "[unknown]"
 
@@ -219,9 +219,30 @@ class Symbolizer:
             self._warned.add(mapping.path)
             if sym.error is not None:
                 self._warn(f"cannot read {mapping.path}: {sym.error}")
-            elif not sym.has_debug_info and not is_system_library(mapping.path):
-                self._warn(f"debug info missing for {mapping.path}: functions only, no file:line")
+            elif sym.detail is not None and (sym.detail.symbols == "none"
+                                             or not is_system_library(mapping.path)):
+                # Exactly what is missing (never "functions only" for a stripped file):
+                # the note `rsprof top` prints too.
+                from rsprof.report.detail_notes import symbols_note
+
+                text = symbols_note(mapping.path, sym.detail.symbols, sym.detail.functions)
+                if text:
+                    self._warn(text)
         return sym
+
+    def module_detail(self, path: str, build_id: str | None) -> ModuleDetail | None:
+        """The detail of the loaded object `path` with `build_id` (as ResolvedAddress
+        names it), None when it is not loaded or could not be read."""
+        for slot in self._slots.values():
+            sym = slot.symbols
+            if slot.path == path and sym is not None and sym.build_id == build_id:
+                return sym.detail
+        return None
+
+    def module_details(self) -> dict[str, ModuleDetail]:
+        """The detail of every object loaded so far, by module path."""
+        return {slot.path: slot.symbols.detail for slot in self._slots.values()
+                if slot.symbols is not None and slot.symbols.detail is not None}
 
     # -- resolution ----------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from rsprof.attribution import RSPROF_FUNCTION
+from rsprof.report.detail_notes import detail_note_short
 from rsprof.report.profile_summary import ProfileSummary, format_location, read_summary
 from rsprof.storage.schema import has_column
 from rsprof.tui.snapshot import ENDED, RECORDING, VIEW, CpuRow, MemRow, Snapshot
@@ -220,9 +221,10 @@ class ProfileLoader:
             has_heap = self.conn.execute(
                 "SELECT 1 FROM recordings WHERE COALESCE(heap_source, '') != '' LIMIT 1"
             ).fetchone() is not None
+            detail_note = detail_note_short(self.conn)
         finally:
             self.conn.execute("COMMIT")
-        return self._snapshot(summary, has_heap)
+        return self._snapshot(summary, has_heap, detail_note)
 
     # -- building -------------------------------------------------------------
 
@@ -247,7 +249,8 @@ class ProfileLoader:
         self._cpu_dirty.clear()
         self._mem_dirty.clear()
 
-    def _snapshot(self, summary: ProfileSummary, has_heap: bool) -> Snapshot:
+    def _snapshot(self, summary: ProfileSummary, has_heap: bool,
+                  detail_note: str = "") -> Snapshot:
         total = sum(self._cpu_total.values())
         total_ns = sum(self._cpu_ns.values())
         last = self._last_interval
@@ -294,4 +297,5 @@ class ProfileLoader:
             heap_partial=summary.heap_partial, heap_partial_from_s=summary.heap_partial_from_s,
             heap_not_seen=summary.heap_not_seen, cpu_ns=total_ns,
             cpu_estimated=self._cpu_estimated,
-            rsprof_pct=100.0 * own / total if total else 0.0, version=self._version)
+            rsprof_pct=100.0 * own / total if total else 0.0, version=self._version,
+            detail_note=detail_note)

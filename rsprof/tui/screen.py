@@ -159,6 +159,8 @@ def _table(snap: Snapshot, state: ViewState, width: int, height: int) -> list[Li
     if state.view != CPU and snap.heap_partial:  # above the rows: they are incomplete
         note = _wrap(snap.heap_partial, width, max(1, (height - len(lines)) // 2))
         lines += [[("class:warning", text)] for text in note]
+    if snap.detail_note and height - len(lines) >= 3:  # the detail it lacks: one line
+        lines.append([("class:warning", fit("  " + snap.detail_note, width))])
     rows = state.rows(snap)
     body_h = max(0, height - len(lines))
     state.page_rows = max(1, body_h)

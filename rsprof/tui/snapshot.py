@@ -61,6 +61,9 @@ class Snapshot:
     cpu_estimated: bool = False  # some of cpu_ns is samples / frequency (an older profile)
     rsprof_pct: float = 0.0   # share of samples in rsprof's own code ([rsprof] row)
     version: int = 0          # bumped by the loader for every new snapshot
+    # The detail the profile lacks, one short line ("rg: stripped, addresses only"),
+    # "" at full detail (rsprof/report/detail_notes.py)
+    detail_note: str = ""
 
 
 EMPTY = Snapshot(state=RECORDING, process_name="", pid=0, elapsed_s=0.0, samples=0,

@@ -90,13 +90,25 @@ def test_user_functions_named_like_internals_are_charged(targets, start_target, 
     inline_rows = query(db, "SELECT DISTINCT function FROM address_symbols WHERE depth > 0")
     assert ("naming::inlined_hot_loop",) in inline_rows
     # By default libc time is charged to the user function that called libc.
-    # libc keeps no frame pointers, so that caller is recovered by scanning the
-    # copied stack (docs/attribution.md); without it, main would get the time.
+    # libc keeps no frame pointers, so that caller comes from libc's CFI (--unwind
+    # auto); without it, main would get the time.
     default = top_cpu_json(run_rsprof, db)
     assert not [r for r in default["functions"] if "libc.so" in r["module"]]
     assert abs(shares.get("naming::call_libc_rand", 0) - 10) <= 4, shares
     assert shares.get("naming::main", 0) < 2, shares
-    assert default["summary"]["scanned_stacks"] > 0
+    assert default["summary"]["cfi_stacks"] > 0
+    assert default["summary"]["scanned_stacks"] == 0
+    # With frame pointers only, the caller is recovered by scanning the copied
+    # stack instead (docs/attribution.md).
+    fp_db = tmp_path / "naming-fp.db"
+    run_rsprof("-p", str(target.pid), "-q", "-d", "3s", "--cpu-freq", "499", "--unwind", "fp",
+               "-o", str(fp_db), check=True)
+    fp_doc = top_cpu_json(run_rsprof, fp_db)
+    fp_shares = self_percent_by_function(fp_doc)
+    assert abs(fp_shares.get("naming::call_libc_rand", 0) - 10) <= 4, fp_shares
+    assert fp_shares.get("naming::main", 0) < 2, fp_shares
+    assert fp_doc["summary"]["scanned_stacks"] > 0
+    assert fp_doc["summary"]["cfi_stacks"] == 0
     # --include-internal charges the true leaf: a named libc function.
     leaf = top_cpu_json(run_rsprof, db, "--include-internal")
     libc_rows = [r for r in leaf["functions"] if "libc.so" in r["module"]]

@@ -29,7 +29,9 @@ def sample(tid: int, t: int, ips: list[int], pid: int = PID, user_marker: bool =
     if regs is None:
         body += struct.pack("<Q", 0)
     else:
-        body += struct.pack("<QQQ", 2, *regs)
+        # bp, sp and ip, in perf's register-bit order (_ring.NREGS of them)
+        body += struct.pack("<Q", 2) + struct.pack("<QQQ", *regs, ips[0] if ips else 0)[
+            : 8 * _ring.NREGS]
     words = stack or []
     data = b"".join(struct.pack("<Q", w) for w in words)
     if data or stack_room:

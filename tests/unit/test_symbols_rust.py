@@ -297,7 +297,9 @@ def test_stripped_binary_warns_once(
                 f"stripped+0x{start + i:x}", None, None, str(stripped), False, False
             )
         sym.resolve([a + 100 for a in addrs])
-        assert sym.warnings == [f"debug info missing for {stripped}: functions only, no file:line"]
+        assert sym.warnings == [
+            f"{stripped}: stripped: addresses only, no symbols at all (rebuild without strip, "
+            "or install its debug symbols: a -dbgsym package or /usr/lib/debug/.build-id)"]
         assert sym.unresolved_addresses == 6
         unknown = sym.resolve([8])[8]
         assert unknown.module == "[unknown]"
