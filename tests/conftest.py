@@ -32,6 +32,20 @@ def _cargo_build(crate: Path, variant: str | None = None,
 
 
 @pytest.fixture(scope="session")
+def altstack_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/targets_c/altstack_probe.c built: a program that measures how much of a
+    Rust-sized alternate signal stack the shim's SIGPROF handler uses."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    if os.uname().machine != "x86_64":
+        pytest.skip("the probe sizes the stack with x86-64's SIGSTKSZ")
+    out = tmp_path_factory.mktemp("probe") / "altstack_probe"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
+                    str(ROOT / "tests" / "targets_c" / "altstack_probe.c")], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def targets() -> Path:
     """Directory holding the built test target binaries."""
     return _cargo_build(TARGETS_DIR)

@@ -76,6 +76,11 @@ class ModuleDetail:
     cfi: bool
 
 
+def _bare(name: str) -> bool:
+    """A DWARF name without its path: not mangled, no `::` outside generics."""
+    return not name.startswith(("_ZN", "_R")) and "::" not in name.split("<", 1)[0]
+
+
 class ObjectSymbols:
     """Resolves ELF virtual addresses of one object to frames.
 
@@ -163,9 +168,16 @@ class ObjectSymbols:
                 out: list[Frame] = []
                 memo = self._frame_memo  # equal frames are shared (they are immutable)
                 for i, (name, path, line) in enumerate(entries):
+                    if i == last and (not name or _bare(name)):
+                        # The function itself: line tables alone (`debug =
+                        # "line-tables-only"`) name it without its path (`leaf`),
+                        # where the symbol table (and so a warm SymCache) has
+                        # `two_callers::leaf`: one name for both readers.
+                        hit = self.symtab.lookup(rel)
+                        if hit is not None:
+                            name = hit[0]
                     if not name:
-                        hit = self.symtab.lookup(rel) if i == last else None
-                        name = hit[0] if hit is not None else "<inlined>"
+                        name = "<inlined>"
                     key = (name, path, line, i < last)
                     frame = memo.get(key)
                     if frame is None:

@@ -27,7 +27,6 @@ from rsprof import _ring, _unwind
 from rsprof import shm_reference as ref
 from rsprof.recording.heap_region import SHM_DIR, Region, create_region
 from rsprof.shim import shim_path
-from tests.conftest import ROOT
 from tests.integration.test_sampler_stack import HANDLER, HANDLER_BUDGET, RUST_SIGSTKSZ
 from tests.unit.test_sample_regs_records import counted, expected
 
@@ -261,6 +260,18 @@ class WrapSpy(ref.ShmReader):
         return rec
 
 
+def drain_until_exit(proc: subprocess.Popen[str], reader: ref.ShmReader) -> list[ref.Record]:
+    """Every record the region holds by the time `proc` has exited, drained as it runs."""
+    records: list[ref.Record] = []
+    while proc.poll() is None:
+        got = reader.drain()
+        records.extend(got)
+        if not got:
+            time.sleep(0.002)
+    records.extend(reader.drain())
+    return records
+
+
 def test_copies_that_wrap_the_ring_end_are_intact(targets: Path) -> None:
     """A ring of 64 KiB, drained while the target runs: records of ~16.5 KiB wrap its
     end all the time, and the copy then goes through two iovecs."""
@@ -270,14 +281,8 @@ def test_copies_that_wrap_the_ring_end_are_intact(targets: Path) -> None:
     reader.wrapped = []
     proc = subprocess.Popen([str(targets / "cpu_split"), "--seconds", "1.5", "--threads", "1"],
                             env=preload_env(region), stdout=subprocess.PIPE, text=True)
-    records: list[ref.Record] = []
     try:
-        while proc.poll() is None:
-            got = reader.drain()
-            records.extend(got)
-            if not got:
-                time.sleep(0.002)
-        records.extend(reader.drain())
+        records = drain_until_exit(proc, reader)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -349,18 +354,6 @@ def test_the_copy_path_is_in_the_checked_handler() -> None:
 # -- the handler's stack use with the largest copy ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def altstack_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    if os.uname().machine != "x86_64":
-        pytest.skip("the probe sizes the stack with x86-64's SIGSTKSZ")
-    out = tmp_path_factory.mktemp("probe") / "altstack_probe"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
-                    str(ROOT / "tests" / "targets_c" / "altstack_probe.c")], check=True)
-    return out
-
-
 @pytest.fixture
 def drained_region() -> Iterator[tuple[Region, ref.ShmReader]]:
     region = create_region(ring_bytes=32 << 20, self_sample_hz=999,
@@ -380,14 +373,8 @@ def test_handler_stack_use_is_bounded_with_the_largest_copy(
     region, reader = drained_region
     proc = subprocess.Popen([str(altstack_probe), "--seconds", "2", "--threads", "1"],
                             env=preload_env(region), stdout=subprocess.PIPE, text=True)
-    records: list[ref.Record] = []
     try:
-        while proc.poll() is None:
-            got = reader.drain()
-            records.extend(got)
-            if not got:
-                time.sleep(0.005)
-        records.extend(reader.drain())
+        records = drain_until_exit(proc, reader)
         assert proc.stdout is not None
         out = proc.stdout.read()
     finally:

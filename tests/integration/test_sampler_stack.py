@@ -23,7 +23,6 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from rsprof.shim import shim_path
-from tests.conftest import ROOT
 from tests.integration.helpers import query
 
 pytestmark = pytest.mark.integration
@@ -109,18 +108,6 @@ def test_reachability_check_sees_a_plt_call(tmp_path: Path) -> None:
     lib = tmp_path / "h.so"
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(src)], check=True)
     assert any("@plt" in name for name in reachable_from(lib, HANDLER))
-
-
-@pytest.fixture(scope="module")
-def altstack_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    if os.uname().machine != "x86_64":
-        pytest.skip("the probe sizes the stack with x86-64's SIGSTKSZ")
-    out = tmp_path_factory.mktemp("probe") / "altstack_probe"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
-                    str(ROOT / "tests" / "targets_c" / "altstack_probe.c")], check=True)
-    return out
 
 
 def test_handler_stack_use_is_bounded(altstack_probe: Path, run_rsprof, tmp_path: Path) -> None:

@@ -82,10 +82,11 @@ def perf_inclusive(stacks: list[set[str]]) -> dict[str, float]:
 def own_name(function: str) -> str | None:
     """`leaf` for two_callers' function `two_callers::leaf` (None for any other).
 
-    The bare name is taken too: line tables only (`debug = "line-tables-only"`) give
-    a function's DW_AT_name without its path or linkage name, and rsprof's cold-cache
-    DWARF reader (rsprof/symbols/dwarf_reader.py) names the outermost function so,
-    while the SymCache of a warm cache names it from the symbol table, with its path."""
+    Line tables only (`debug = "line-tables-only"`) give a function's DW_AT_name
+    without its path; rsprof names it from the symbol table, with its path, with a
+    cold cache as with a warm one (rsprof/symbols/objfile.py), as perf does."""
+    if not function.startswith(f"{BIN}::"):
+        return None
     name = function.removeprefix(f"{BIN}::")
     return name if name in (SEVENTY, THIRTY, LEAF) else None
 
