@@ -9,12 +9,21 @@ records dropped and writer waits (from the profile), rsprof's own CPU and peak R
 (its getrusage, in the profile's meta), and whether every count is exact: the
 nodes allocated and freed at `binary_trees::create`, and the leak.
 
-    .venv/bin/python bench/heap_scale.py [--reps 3] [--depth 16] [--iterations 100]
+With --nofp the table is for binary_trees built as a default release build is (no
+frame pointers, line tables only: tests/targets/target/nofp, as the `targets_nofp`
+test fixture and the Makefile build it), where rsprof's shim must unwind heap stacks
+with the CFI rules rsprof publishes for it ("exact" also needs every node charged to
+`create`, i.e. whole stacks); the frame-pointer build runs in the same pass (every
+configuration, interleaved with the no-FP runs), its slowdown is printed beside each
+row, and the ratio no-FP slowdown / FP slowdown of `rsprof run` (goal: at most 2x).
+
+    .venv/bin/python bench/heap_scale.py [--reps 3] [--depth 16] [--iterations 100] [--nofp]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -22,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 from common import (
+    ROOT,
     TARGETS,
     build_targets,
     fmt_ratio,
@@ -30,6 +40,20 @@ from common import (
     rsprof_cmd,
     rsprof_env,
 )
+
+TARGETS_DIR = ROOT / "tests" / "targets"
+NOFP = TARGETS_DIR / "target" / "nofp" / "release"
+# As tests/conftest.py NOFP_BUILD_ENV and the Makefile: RUSTFLAGS replaces the
+# force-frame-pointers of tests/targets/.cargo/config.toml.
+NOFP_ENV = {"RUSTFLAGS": "-C force-frame-pointers=no",
+            "CARGO_PROFILE_RELEASE_DEBUG": "line-tables-only"}
+BUILD_DIRS = {"fp": TARGETS, "nofp": NOFP}
+
+
+def build_nofp() -> None:
+    subprocess.run(["cargo", "build", "--release", "--offline", "--quiet", "--target-dir",
+                    str(TARGETS_DIR / "target" / "nofp")], cwd=TARGETS_DIR,
+                   env={**os.environ, **NOFP_ENV}, check=True)
 
 
 def parse(out: str) -> tuple[float, int, int]:
@@ -77,45 +101,96 @@ def run(mode: str, target: list[str], tmp: Path, tag: str) -> dict[str, float]:
             "exact": float(exact(db, nodes))}
 
 
+Results = dict[tuple[str, str], list[dict[str, float]]]  # (build, mode) -> runs
+
+
+def print_rows(threads: int, results: Results, modes: list[str], builds: list[str]) -> list[str]:
+    """Print the table rows of one thread count; return the no-FP summary line, if any."""
+    nofp = "nofp" in builds
+    main_build = builds[0]
+
+    def t(build: str, mode: str) -> float:
+        return median([r["elapsed"] for r in results[(build, mode)]])
+
+    def slowdown(build: str, mode: str) -> float:
+        return t(build, mode) / t(build, "none")
+
+    def all_exact(build: str) -> str:
+        return "yes" if all(r["exact"] for r in results[(build, "rsprof")]) else "NO"
+
+    for mode in modes:
+        rows = results[(main_build, mode)]
+        line = (f"{threads:<8}{mode if mode != 'none' else 'unprofiled':<14}"
+                f"{t(main_build, mode):>10.3f}"
+                f"{fmt_ratio(t(main_build, mode), t(main_build, 'none')):>15}")
+        if mode == "rsprof":
+            line += (f"{max(r['dropped'] for r in rows):>9.0f}"
+                     f"{median([r['waits'] for r in rows]):>8.0f}"
+                     f"{median([r['cpu'] for r in rows]):>10.2f} s"
+                     f"{max(r['rss_mb'] for r in rows):>9.0f} MB"
+                     f"{all_exact(main_build):>7}")
+        elif nofp:
+            line += " " * (9 + 8 + 12 + 12 + 7)
+        if nofp:
+            line += (f"{t('fp', mode):>12.3f}{fmt_ratio(t('fp', mode), t('fp', 'none')):>14}"
+                     f"{all_exact('fp') if mode == 'rsprof' else '':>10}")
+            if mode != "none":
+                line += f"{slowdown('nofp', mode) / slowdown('fp', mode):>9.2f}x"
+        print(line, flush=True)
+    if not nofp:
+        return []
+    ratio = slowdown("nofp", "rsprof") / slowdown("fp", "rsprof")
+    return [f"rsprof run slowdown, {threads} thread(s): no-FP"
+            f" {slowdown('nofp', 'rsprof'):.2f}x (exact: {all_exact('nofp')}),"
+            f" FP {slowdown('fp', 'rsprof'):.2f}x (exact: {all_exact('fp')});"
+            f" no-FP / FP = {ratio:.2f} (goal: at most 2): {'met' if ratio <= 2 else 'NOT met'}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--nofp", action="store_true",
+                        help="the table for the build without frame pointers, with the"
+                             " frame-pointer build's slowdown beside it")
     args = parser.parse_args()
     print_reproduce()
     build_targets()
+    builds = ["fp"]
+    if args.nofp:
+        build_nofp()
+        builds = ["nofp", "fp"]
     modes = ["none", *(["heaptrack"] if shutil.which("heaptrack") else []), "rsprof"]
     if "heaptrack" not in modes:
         print("heaptrack is not installed: its column is left out")
     stacks = 2 ** (args.depth + 1) - 1
-    print(f"target: binary_trees --depth {args.depth} --iterations {args.iterations}"
+    what = " built without frame pointers (tests/targets/target/nofp)" if args.nofp else ""
+    print(f"target: binary_trees{what} --depth {args.depth} --iterations {args.iterations}"
           f" ({stacks:,} distinct allocation stacks), {args.reps} runs each, medians")
-    print(f"{'threads':<8}{'configuration':<14}{'median s':>10}{'vs unprofiled':>15}"
-          f"{'dropped':>9}{'waits':>8}{'rsprof CPU':>12}{'rsprof RSS':>12}{'exact':>7}")
+    header = (f"{'threads':<8}{'configuration':<14}{'median s':>10}{'vs unprofiled':>15}"
+              f"{'dropped':>9}{'waits':>8}{'rsprof CPU':>12}{'rsprof RSS':>12}{'exact':>7}")
+    if args.nofp:
+        header += f"{'FP build s':>12}{'FP vs unprof':>14}{'FP exact':>10}{'no-FP/FP':>10}"
+    print(header)
+    summary: list[str] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for threads in args.threads:
-            target = [str(TARGETS / "binary_trees"), "--depth", str(args.depth),
-                      "--iterations", str(args.iterations), "--threads", str(threads)]
-            results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+            results: Results = {(b, m): [] for b in builds for m in modes}
             for rep in range(args.reps):
-                for mode in modes:
-                    results[mode].append(run(mode, target, tmp, f"{mode}-{threads}-{rep}"))
-            base = median([r["elapsed"] for r in results["none"]])
-            for mode in modes:
-                rows = results[mode]
-                t = median([r["elapsed"] for r in rows])
-                line = f"{threads:<8}{mode if mode != 'none' else 'unprofiled':<14}{t:>10.3f}"
-                line += f"{fmt_ratio(t, base):>15}"
-                if mode == "rsprof":
-                    line += (f"{max(r['dropped'] for r in rows):>9.0f}"
-                             f"{median([r['waits'] for r in rows]):>8.0f}"
-                             f"{median([r['cpu'] for r in rows]):>10.2f} s"
-                             f"{max(r['rss_mb'] for r in rows):>9.0f} MB"
-                             f"{'yes' if all(r['exact'] for r in rows) else 'NO':>7}")
-                print(line)
+                for build in builds:
+                    target = [str(BUILD_DIRS[build] / "binary_trees"), "--depth",
+                              str(args.depth), "--iterations", str(args.iterations),
+                              "--threads", str(threads)]
+                    for mode in modes:
+                        results[(build, mode)].append(
+                            run(mode, target, tmp, f"{build}-{mode}-{threads}-{rep}"))
+
+            summary += print_rows(threads, results, modes, builds)
+    for line in summary:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rsprof_shm.h"
+
+/* The reader copies these rows, with runtime addresses, into the unwind table
+ * file the shim maps (struct rsprof_unwind_row of rsprof_shm.h): one layout. */
+_Static_assert(sizeof(struct rsprof_cfi_row) == sizeof(struct rsprof_unwind_row), "row size");
+_Static_assert(__builtin_offsetof(struct rsprof_cfi_row, start) ==
+                   __builtin_offsetof(struct rsprof_unwind_row, start), "row start");
+_Static_assert(__builtin_offsetof(struct rsprof_cfi_row, cfa_off) ==
+                   __builtin_offsetof(struct rsprof_unwind_row, cfa_off), "row cfa_off");
+_Static_assert(__builtin_offsetof(struct rsprof_cfi_row, bp_off) ==
+                   __builtin_offsetof(struct rsprof_unwind_row, bp_off), "row bp_off");
+_Static_assert(__builtin_offsetof(struct rsprof_cfi_row, ra_off) ==
+                   __builtin_offsetof(struct rsprof_unwind_row, ra_off), "row ra_off");
+_Static_assert(__builtin_offsetof(struct rsprof_cfi_row, kind) ==
+                   __builtin_offsetof(struct rsprof_unwind_row, kind), "row kind");
+_Static_assert(RSPROF_CFI_NONE == RSPROF_UNWIND_NONE && RSPROF_CFI_SP == RSPROF_UNWIND_SP &&
+                   RSPROF_CFI_BP == RSPROF_UNWIND_BP && RSPROF_CFI_PLT11 == RSPROF_UNWIND_PLT11 &&
+                   RSPROF_CFI_PLT10 == RSPROF_UNWIND_PLT10 &&
+                   RSPROF_CFI_OUTERMOST == RSPROF_UNWIND_OUTERMOST &&
+                   RSPROF_CFI_UNSUPPORTED == RSPROF_UNWIND_UNSUPPORTED,
+               "row kinds");
+_Static_assert(RSPROF_CFI_SAME == RSPROF_UNWIND_BP_SAME, "bp unchanged");
+
 /* ---- registers by role -------------------------------------------------- */
 
 struct cfi_arch {

@@ -41,6 +41,8 @@
 #define RSPROF_CFI_X86_64_FP 6
 #define RSPROF_CFI_X86_64_RA 16
 
+/* The layout of rsprof_shm.h's struct rsprof_unwind_row, the rows of the unwind
+ * table file the shim maps (asserted in rsprof_cfi.c): keep the two in step. */
 struct rsprof_cfi_row {
     uint64_t start;  /* object vaddr from which this row holds (up to the next row) */
     int32_t cfa_off; /* CFA = base register + cfa_off (PLT kinds: 8) */

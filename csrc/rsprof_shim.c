@@ -501,33 +501,341 @@ static int stack_readable(uintptr_t sp, uintptr_t addr, uintptr_t len)
     return 1;
 }
 
+/* Is [addr, addr + len) (addr 8-aligned) proven readable in this thread's
+ * stack above sp0? [lo, *hi) is the walk's local copy of the proven range: the
+ * fast path touches no TLS and makes no call; only a new page does. Written so
+ * that no sum can wrap (a garbage address near the top of the address space
+ * must not pass for one inside the range). */
+static inline int stack_word_ok(uintptr_t sp0, uintptr_t lo, uintptr_t *hi, uintptr_t addr,
+                                uintptr_t len)
+{
+    if ((addr & 7) != 0)
+        return 0;
+    if (RSPROF_LIKELY(addr >= lo && addr < *hi && *hi - addr >= len))
+        return 1;
+    if (!stack_readable(sp0, addr, len))
+        return 0;
+    *hi = t_stack_hi;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The unwind table: CFI rows published by the reader (x86-64)              */
+/* ------------------------------------------------------------------------ */
+
+/* Code built without frame pointers (a default `cargo build --release`, Rust's
+ * prebuilt std) breaks the frame-pointer chain at its first frame. The reader
+ * builds the DWARF CFI rules of every mapped object, with runtime addresses,
+ * into a read-only file (struct rsprof_unwind_file_header, rsprof_shm.h) and
+ * publishes its name in the region header (unwind_name, then unwind_generation
+ * bumped with release). The heap walk then unwinds with those rules:
+ *
+ *   - mapping: an allocation whose walk sees a generation other than the one
+ *     last tried lets ONE thread (a try-lock, never waited for: the others walk
+ *     with frame pointers meanwhile) open /dev/shm/<name>, fstat, mmap it
+ *     read-only, close the fd and validate it (magic, version, row size, rows
+ *     inside the file and in order); then (rows, n, generation) is published
+ *     with release. A failure is remembered for that generation (frame
+ *     pointers then). A mapping is never unmapped once published (another
+ *     thread may be reading it; refreshes are rare), its descriptor never
+ *     rewritten. Raw system calls only (no errno, no malloc, no lock);
+ *   - rows are found by pc - 1 (a return address may sit past its function's
+ *     end) through a direct-mapped cache {pc, row index} shared by all
+ *     threads, written without ordering: an entry is used only when the row it
+ *     names covers pc - 1 in the current table (rows[i].start <= pc - 1 <
+ *     rows[i + 1].start), so a torn or stale entry gives the right row or a
+ *     miss, and a miss is a binary search.
+ *
+ * x86-64 only (the rules name rsp/rbp and the binutils PLT expression); other
+ * architectures always walk frame pointers. */
+#if defined(__x86_64__)
+#define UW_ENABLED 1
+#else
+#define UW_ENABLED 0
+#endif
+
+struct uw_map {
+    const struct rsprof_unwind_row *rows;
+    uint64_t n;   /* rows, at least 1 */
+    uint64_t gen; /* the header's unwind_generation it was mapped for */
+};
+
+#define UW_MAX_MAPS 256u     /* mappings (publishes) per process; then no more refreshes */
+#define UW_CACHE_BITS 12u    /* 4096 cache entries, 64 KiB */
+#define UW_SHM_DIR "/dev/shm/"
+
+struct uw_slot {
+    uint64_t pc;  /* a return address */
+    uint64_t idx; /* the row covering pc - 1, in the table current when written */
+};
+
+static uint32_t g_uw_lock; /* atomic: 1 while a thread maps a table */
+static struct uw_slot g_uw_cache[1u << UW_CACHE_BITS];
+
+#if UW_ENABLED
+static struct uw_map g_uw_maps[UW_MAX_MAPS]; /* [0, g_uw_nmaps): written once each */
+static uint32_t g_uw_nmaps;                  /* the lock holder's */
+static const struct uw_map *g_uw_cur;        /* atomic: the newest mapping, NULL = none */
+static uint64_t g_uw_tried;                  /* atomic: last generation mapped or failed */
+
+enum { UW_MAPPED, UW_FAILED, UW_RETRY };
+
+/* Map and validate the table named in the header for generation `gen`. */
+static int uw_map_file(struct rsprof_shm_header *h, uint64_t gen)
+{
+    const size_t dir = sizeof(UW_SHM_DIR) - 1;
+    char path[sizeof(UW_SHM_DIR) + RSPROF_UNWIND_NAME_BYTES];
+    for (size_t i = 0; i < dir; i++)
+        path[i] = UW_SHM_DIR[i];
+    size_t k = 0;
+    for (; k < RSPROF_UNWIND_NAME_BYTES; k++) {
+        char c = LOAD_RLX(&h->unwind_name[k]);
+        if (c == 0)
+            break;
+        if (c == '/')
+            return UW_FAILED;
+        path[dir + k] = c;
+    }
+    if (k == 0 || k == RSPROF_UNWIND_NAME_BYTES ||
+        (path[dir] == '.' && (k == 1 || (k == 2 && path[dir + 1] == '.'))))
+        return UW_FAILED;
+    path[dir + k] = 0;
+    /* The name belongs to `gen` only if no newer publish began meanwhile. */
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (LOAD_ACQ(&h->unwind_generation) != gen)
+        return UW_RETRY;
+    long fd = rsprof_sys4(SYS_openat, AT_FDCWD, path,
+                          O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0);
+    if (fd < 0)
+        return UW_FAILED;
+    struct stat st;
+    long rc = rsprof_sys2(SYS_fstat, fd, &st);
+    uint64_t size = rc == 0 ? (uint64_t)st.st_size : 0;
+    long map = -1;
+    if (rc == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+        size >= sizeof(struct rsprof_unwind_file_header) + sizeof(struct rsprof_unwind_row) &&
+        size <= RSPROF_UNWIND_MAX_FILE_BYTES)
+        map = rsprof_sys6(SYS_mmap, 0, (long)size, PROT_READ, MAP_SHARED, fd, 0);
+    rsprof_sys1(SYS_close, fd);
+    if ((unsigned long)map >= -4095ul) /* -errno, or not attempted */
+        return UW_FAILED;
+    const uint8_t *base = (const uint8_t *)map;
+    const struct rsprof_unwind_file_header *fh = (const struct rsprof_unwind_file_header *)base;
+    const struct rsprof_unwind_row *rows =
+        (const struct rsprof_unwind_row *)(base + sizeof(struct rsprof_unwind_file_header));
+    uint64_t n = fh->n_rows;
+    int ok = fh->magic == RSPROF_UNWIND_MAGIC && fh->version == RSPROF_SHM_VERSION &&
+             fh->row_bytes == sizeof(struct rsprof_unwind_row) && n >= 1 &&
+             n <= (size - sizeof(struct rsprof_unwind_file_header)) /
+                      sizeof(struct rsprof_unwind_row) &&
+             g_uw_nmaps < UW_MAX_MAPS;
+    for (uint64_t i = 1; ok && i < n; i++)
+        ok = rows[i - 1].start < rows[i].start;
+    if (!ok) {
+        rsprof_sys2(SYS_munmap, map, (long)size);
+        return UW_FAILED;
+    }
+    struct uw_map *m = &g_uw_maps[g_uw_nmaps++];
+    m->rows = rows;
+    m->n = n;
+    m->gen = gen;
+    STORE_REL(&g_uw_cur, m);
+    return UW_MAPPED;
+}
+
+/* Another generation was published: one thread maps it, the others go on. */
+__attribute__((noinline, cold)) static void uw_refresh(struct rsprof_shm_header *h, uint64_t gen)
+{
+    uint32_t free_ = 0;
+    if (!__atomic_compare_exchange_n(&g_uw_lock, &free_, 1, 0, __ATOMIC_ACQUIRE,
+                                     __ATOMIC_RELAXED))
+        return;
+    if (LOAD_RLX(&g_uw_tried) != gen && uw_map_file(h, gen) != UW_RETRY)
+        STORE_REL(&g_uw_tried, gen);
+    STORE_REL(&g_uw_lock, 0);
+}
+#endif
+
+/* The table to unwind with now: the mapping of the generation the header names,
+ * or NULL (none published, not mapped yet, or refused): frame pointers. */
+static inline const struct uw_map *uw_table(struct rsprof_shm_header *h)
+{
+#if UW_ENABLED
+    uint64_t gen = LOAD_ACQ(&h->unwind_generation);
+    if (RSPROF_LIKELY(gen == 0))
+        return NULL;
+    const struct uw_map *m = LOAD_ACQ(&g_uw_cur);
+    if (RSPROF_LIKELY(m != NULL && m->gen == gen))
+        return m;
+    if (LOAD_ACQ(&g_uw_tried) != gen)
+        uw_refresh(h, gen);
+    m = LOAD_ACQ(&g_uw_cur);
+    return m != NULL && m->gen == gen ? m : NULL;
+#else
+    (void)h;
+    return NULL;
+#endif
+}
+
+/* The rows the previous walk of this thread used, by depth: a thread walks the
+ * same frames again and again (its callers do not change between two of its
+ * allocations), and this hint's address does not depend on pc, so its load is
+ * off the walk's chain of dependent loads (pc -> cache entry -> row -> the
+ * stack word at CFA + ra_off -> the next pc). Validated like a cache entry. */
+static RSPROF_IE_TLS uint64_t t_uw_pc[RSPROF_MAX_FRAMES];
+static RSPROF_IE_TLS uint32_t t_uw_idx[RSPROF_MAX_FRAMES];
+
+/* Does row i of m hold q? (Any i: the index may come from another table.) */
+static inline int uw_holds(const struct rsprof_unwind_row *rows, uint64_t n, uint64_t i,
+                           uint64_t q)
+{
+    return i < n && rows[i].start <= q && (i + 1 == n || q < rows[i + 1].start);
+}
+
+/* The row covering pc - 1 (pc a return address, the k-th frame of the walk),
+ * NULL below the first row: the thread's hint, the shared cache, or a binary
+ * search (which refreshes both). */
+static inline const struct rsprof_unwind_row *uw_row(const struct uw_map *m, uint64_t pc,
+                                                     uint32_t k)
+{
+    const struct rsprof_unwind_row *rows = m->rows;
+    uint64_t n = m->n, q = pc - 1;
+    uint64_t i = t_uw_idx[k];
+    if (RSPROF_LIKELY(t_uw_pc[k] == pc && uw_holds(rows, n, i, q)))
+        return &rows[i];
+    struct uw_slot *slot = &g_uw_cache[(pc * 0x9e3779b97f4a7c15ull) >> (64 - UW_CACHE_BITS)];
+    i = LOAD_RLX(&slot->idx);
+    if (LOAD_RLX(&slot->pc) != pc || !uw_holds(rows, n, i, q)) {
+        uint64_t lo = 0, hi = n;
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (rows[mid].start <= q)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo == 0)
+            return NULL;
+        i = lo - 1;
+        __atomic_store_n(&slot->idx, i, __ATOMIC_RELAXED);
+        __atomic_store_n(&slot->pc, pc, __ATOMIC_RELAXED);
+    }
+    t_uw_pc[k] = pc;
+    t_uw_idx[k] = (uint32_t)i;
+    return &rows[i];
+}
+
+#define WALK_STEPS (RSPROF_MAX_FRAMES + 16)
+
 /* Walk frame records from `fp` (a frame of the shim), dropping the first
  * `skip` return addresses. Every frame record must lie in this thread's
  * readable stack above the current stack pointer, be 8-byte aligned, and come
  * above the previous one: code without frame pointers gives a short stack,
- * never a fault. Reads of foreign stack frames are not instrumented by ASan. */
+ * never a fault.
+ *
+ * With an unwind table `m`, frame records are followed only through the
+ * shim's own frames (built with frame pointers); from the first return address
+ * kept on, CFI rules: the state there is pc = that address, sp = the CFA of
+ * the shim frame it returns from (its frame record + 16), bp = the rbp saved
+ * in that record. Per frame: the row of pc - 1; CFA = sp or bp + cfa_off (the
+ * PLT expression: sp + 8, + 8 past the push); the return address at CFA +
+ * ra_off and, if saved, rbp at CFA + bp_off, both proven readable as above;
+ * the new sp (the CFA) must be above the old. A NONE row (no rules here) is
+ * one frame-pointer step (bp at or above sp, proven; sp = bp + 16); OUTERMOST
+ * ends the stack, and so do UNSUPPORTED, an unknown kind, a failed proof and
+ * a return address below 4096. Reads of foreign stack frames are not
+ * instrumented by ASan. */
 __attribute__((noinline, no_sanitize_address)) static uint32_t
-walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *truncated)
+walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *truncated,
+           const struct uw_map *m)
 {
     uint32_t n = 0;
-    uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
+    uintptr_t sp0 = (uintptr_t)__builtin_frame_address(0);
     /* Local copies of the proven-readable range: the fast path below touches
      * no TLS; only the slow path (a new page) updates them. */
-    uintptr_t lo = sp, hi = 0;
-    if (t_stack_state == 1 && sp >= t_stack_lo && sp < t_stack_hi)
+    uintptr_t lo = sp0, hi = 0;
+    if (t_stack_state == 1 && sp0 >= t_stack_lo && sp0 < t_stack_hi)
         hi = t_stack_hi;
-    for (unsigned steps = 0; steps < RSPROF_MAX_FRAMES + 16; steps++) {
-        if ((fp & 7) != 0)
-            break;
-        if (RSPROF_UNLIKELY(fp < lo || fp + 16 > hi)) {
-            if (!stack_readable(sp, fp, 16))
-                break;
-            hi = t_stack_hi;
-        }
+    unsigned steps = 0;
+    uintptr_t pc = 0, sp = 0, bp = 0;
+    for (; steps < WALK_STEPS; steps++) {
+        if (!stack_word_ok(sp0, lo, &hi, fp, 16))
+            return n;
         const uintptr_t *rec = (const uintptr_t *)fp;
         uintptr_t next = rec[0];
         uintptr_t ret = rec[1];
         if (ret < 4096)
+            return n;
+        if (m != NULL) {
+            /* CFI from the first return address on, skipped or not: the frame
+             * it returns into may keep no frame pointer (rsprof-trace's
+             * allocator wrapper in a release build), so `next` can be junk. */
+            pc = ret;
+            sp = fp + 16;
+            bp = next;
+            goto cfi;
+        }
+        if (skip > 0) {
+            skip--;
+        } else {
+            if (n == max) {
+                *truncated = 1;
+                return n;
+            }
+            out[n++] = ret;
+        }
+        if (next <= fp)
+            return n;
+        fp = next;
+    }
+    return n;
+cfi:
+    /* pc: a return address not yet counted against `skip` or kept. */
+    if (skip > 0) {
+        skip--;
+    } else {
+        if (n == max) {
+            *truncated = 1;
+            return n;
+        }
+        out[n++] = pc;
+    }
+    for (uint32_t d = 0; ++steps < WALK_STEPS; d++) {
+        /* d: the frame's depth in this walk, skipped frames included (the
+         * per-thread hint of uw_row is kept per depth). */
+        const struct rsprof_unwind_row *row = uw_row(m, pc, d < RSPROF_MAX_FRAMES ? d : 0);
+        unsigned kind = row != NULL ? row->kind : RSPROF_UNWIND_NONE;
+        uintptr_t cfa, ra, nbp = bp;
+        if (kind == RSPROF_UNWIND_NONE) {
+            /* No rules: one frame-pointer step. */
+            if (bp < sp || !stack_word_ok(sp0, lo, &hi, bp, 16))
+                break;
+            const uintptr_t *rec = (const uintptr_t *)bp;
+            nbp = rec[0];
+            ra = rec[1];
+            cfa = bp + 16;
+        } else {
+            if (kind == RSPROF_UNWIND_SP)
+                cfa = sp + (uintptr_t)(intptr_t)row->cfa_off;
+            else if (kind == RSPROF_UNWIND_BP)
+                cfa = bp + (uintptr_t)(intptr_t)row->cfa_off;
+            else if (kind == RSPROF_UNWIND_PLT11 || kind == RSPROF_UNWIND_PLT10)
+                cfa = sp + 8 + ((pc & 15) >= (kind == RSPROF_UNWIND_PLT11 ? 11u : 10u) ? 8 : 0);
+            else
+                break; /* OUTERMOST (no caller), UNSUPPORTED, unknown */
+            uintptr_t at = cfa + (uintptr_t)(intptr_t)row->ra_off;
+            if (!stack_word_ok(sp0, lo, &hi, at, 8))
+                break;
+            ra = *(const uintptr_t *)at;
+            int16_t bp_off = row->bp_off;
+            if (bp_off != RSPROF_UNWIND_BP_SAME) {
+                at = cfa + (uintptr_t)(intptr_t)bp_off;
+                if (!stack_word_ok(sp0, lo, &hi, at, 8))
+                    break;
+                nbp = *(const uintptr_t *)at;
+            }
+        }
+        if (cfa <= sp || ra < 4096)
             break;
         if (skip > 0) {
             skip--;
@@ -536,11 +844,11 @@ walk_stack(uintptr_t fp, unsigned skip, uint64_t *out, uint32_t max, int *trunca
                 *truncated = 1;
                 break;
             }
-            out[n++] = ret;
+            out[n++] = ra;
         }
-        if (next <= fp)
-            break;
-        fp = next;
+        pc = ra;
+        sp = cfa;
+        bp = nbp;
     }
     return n;
 }
@@ -846,7 +1154,7 @@ __attribute__((noinline)) static void record_alloc(struct rsprof_shm_header *h, 
 {
     uint64_t frames[RSPROF_MAX_FRAMES];
     int truncated = 0;
-    uint32_t depth = walk_stack(fp, 1, frames, g_max_frames, &truncated);
+    uint32_t depth = walk_stack(fp, 1, frames, g_max_frames, &truncated, uw_table(h));
     if (truncated)
         ADD_RLX(&h->truncated, 1);
     for (;;) {
@@ -1245,6 +1553,7 @@ static void atfork_child(void)
     watch_close(); /* the parent's reader watch means nothing here */
     g_watch_key = 0;
     g_watch_owner = 0;
+    g_uw_lock = 0; /* a parent's thread may have held it: it does not exist here */
 }
 
 int rsprof_shim_init(void)

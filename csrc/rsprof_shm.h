@@ -24,8 +24,9 @@
 #include <stdint.h>
 
 #define RSPROF_SHM_MAGIC 0x314d4853464f5250ULL /* "PROFSHM1" little-endian */
-#define RSPROF_SHM_VERSION 5u /* 4: NODE records (a trie of stacks); 5: SAMPLE_REGS,
-                                * header.sampler_stack_bytes */
+#define RSPROF_SHM_VERSION 6u /* 4: NODE records (a trie of stacks); 5: SAMPLE_REGS,
+                                * header.sampler_stack_bytes; 6: the unwind table
+                                * (header.unwind_generation, unwind_name) */
 #define RSPROF_SHM_HEADER_BYTES 4096u
 #define RSPROF_SHM_NAME_PREFIX "rsprof-" /* /dev/shm/rsprof-<pid>-<16 hex> */
 #define RSPROF_SHM_ENV "RSPROF_SHM"      /* set by `rsprof run`: the region to use */
@@ -127,6 +128,78 @@ struct rsprof_shm_header {
                               * the reader to unwind with CFI; 0 = none. The shim clamps it
                               * to RSPROF_SAMPLER_MAX_STACK_BYTES and rounds it down to 8 */
     uint32_t reserved1;      /* 0 (pads the header to a multiple of 8) */
+    /* The unwind table (struct rsprof_unwind_file_header below), for heap stacks of
+     * code without frame pointers. Written by the reader only: first the file's name,
+     * then the generation bumped with release order. The shim loads the generation
+     * with acquire order and maps the named file when it differs from the one it
+     * mapped last. */
+    uint64_t unwind_generation; /* atomic: bumped at each publish; 0 = no table */
+    char unwind_name[64];       /* the file's name under /dev/shm (no '/'), NUL-terminated */
+};
+
+/* ------------------------------------------------------------------------
+ * The unwind table: DWARF CFI rules of every mapped object, with runtime
+ * addresses, built by the reader (from each object's .eh_frame/.debug_frame,
+ * csrc/rsprof_cfi.c) and mapped read-only by the shim, which unwinds heap
+ * allocation stacks in-process with it (the bytehound / heaptrack model).
+ *
+ * File: /dev/shm/<header.unwind_name>, struct rsprof_unwind_file_header, then
+ * n_rows rows of struct rsprof_unwind_row (16 bytes each, little-endian, the
+ * rows at offset 32). Rows are sorted by `start`, strictly increasing; a row
+ * holds from its start up to the next row's start (the last one: up to the
+ * end of the address space, so a table ends with a NONE row). The rows of all
+ * modules are merged: where no module has rules (between modules, the end of
+ * an FDE) a NONE row; an address below the first row has no rules either.
+ * The file may be longer than its rows; the shim refuses a file whose magic,
+ * version or row_bytes differ, with n_rows 0, with rows past the end of the
+ * file or out of order, or larger than RSPROF_UNWIND_MAX_FILE_BYTES. The shim
+ * opens it with its own credentials (the reader makes it readable to the
+ * target's user).
+ *
+ * The shim unwinds with the table of the generation the header names, once it
+ * has mapped it (one thread maps it at an allocation; the others, meanwhile,
+ * and every thread after the file was refused, walk frame pointers). It never
+ * unmaps a table and maps at most 256 per process: publish when the set of
+ * mapped objects changed, not more often.
+ *
+ * A published file is immutable: the reader writes it completely before it
+ * publishes its name, and never writes, truncates or extends it afterwards
+ * (the shim's mapping of it stays in use, even after a newer one is
+ * published); it may unlink it at any time. A name rewritten while a shim
+ * copies it may be read torn: that open fails or the file is refused, and the
+ * shim maps the next generation.
+ * ------------------------------------------------------------------------ */
+#define RSPROF_UNWIND_MAGIC 0x31574e55464f5250ULL /* "PROFUNW1" little-endian */
+#define RSPROF_UNWIND_NAME_BYTES 64u
+#define RSPROF_UNWIND_MAX_FILE_BYTES (1ull << 32) /* a larger file is refused */
+
+/* Row kinds (the values of rsprof_cfi.h's RSPROF_CFI_*). */
+#define RSPROF_UNWIND_NONE 0        /* no rules here: one frame-pointer step */
+#define RSPROF_UNWIND_SP 1          /* CFA = stack pointer + cfa_off */
+#define RSPROF_UNWIND_BP 2          /* CFA = frame register + cfa_off */
+#define RSPROF_UNWIND_PLT11 3       /* CFA = sp + 8 + (((pc & 15) >= 11) ? 8 : 0) */
+#define RSPROF_UNWIND_PLT10 4       /* CFA = sp + 8 + (((pc & 15) >= 10) ? 8 : 0) */
+#define RSPROF_UNWIND_OUTERMOST 5   /* the return address is undefined: no caller */
+#define RSPROF_UNWIND_UNSUPPORTED 6 /* a rule the table does not model: the stack ends */
+#define RSPROF_UNWIND_BP_SAME INT16_MIN /* bp_off: the frame register is unchanged */
+
+/* One rule row: exactly the layout of struct rsprof_cfi_row (rsprof_cfi.c
+ * asserts it), with a runtime address in `start`. */
+struct rsprof_unwind_row {
+    uint64_t start;  /* runtime address from which this row holds (up to the next row) */
+    int32_t cfa_off; /* CFA = base register + cfa_off (PLT kinds: 8) */
+    int16_t bp_off;  /* RSPROF_UNWIND_BP_SAME, else rbp is saved at CFA + bp_off */
+    int8_t ra_off;   /* the return address is saved at CFA + ra_off (x86-64: -8) */
+    uint8_t kind;    /* RSPROF_UNWIND_* */
+};
+
+struct rsprof_unwind_file_header {
+    uint64_t magic;     /* RSPROF_UNWIND_MAGIC */
+    uint32_t version;   /* RSPROF_SHM_VERSION */
+    uint32_t row_bytes; /* sizeof(struct rsprof_unwind_row), 16 */
+    uint64_t n_rows;    /* rows that follow the header */
+    uint64_t reserved;  /* 0 */
+    /* struct rsprof_unwind_row rows[n_rows] follow */
 };
 
 /* The most stack one RSPROF_REC_SAMPLE_REGS carries (header.sampler_stack_bytes). */
@@ -236,7 +309,7 @@ struct rsprof_rec_thread {
     char name[16];
 };
 
-_Static_assert(sizeof(struct rsprof_shm_header) == 128, "shm header layout");
+_Static_assert(sizeof(struct rsprof_shm_header) == 200, "shm header layout");
 _Static_assert(sizeof(struct rsprof_shm_header) <= RSPROF_SHM_HEADER_BYTES, "header fits");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserve) == 32, "reserve offset");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, tail) == 80, "tail offset");
@@ -245,6 +318,20 @@ _Static_assert(__builtin_offsetof(struct rsprof_shm_header, state) == 100, "stat
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, start_gate) == 116, "start_gate");
 _Static_assert(__builtin_offsetof(struct rsprof_shm_header, sampler_stack_bytes) == 120,
                "sampler_stack_bytes offset");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, reserved1) == 124, "reserved1");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, unwind_generation) == 128,
+               "unwind_generation offset");
+_Static_assert(__builtin_offsetof(struct rsprof_shm_header, unwind_name) == 136,
+               "unwind_name offset");
+_Static_assert(sizeof(((struct rsprof_shm_header *)0)->unwind_name) == RSPROF_UNWIND_NAME_BYTES,
+               "unwind_name size");
+_Static_assert(sizeof(struct rsprof_unwind_row) == 16, "unwind row");
+_Static_assert(__builtin_offsetof(struct rsprof_unwind_row, cfa_off) == 8, "row cfa_off");
+_Static_assert(__builtin_offsetof(struct rsprof_unwind_row, bp_off) == 12, "row bp_off");
+_Static_assert(__builtin_offsetof(struct rsprof_unwind_row, ra_off) == 14, "row ra_off");
+_Static_assert(__builtin_offsetof(struct rsprof_unwind_row, kind) == 15, "row kind");
+_Static_assert(sizeof(struct rsprof_unwind_file_header) == 32, "unwind file header");
+_Static_assert(__builtin_offsetof(struct rsprof_unwind_file_header, n_rows) == 16, "n_rows");
 _Static_assert(sizeof(struct rsprof_rec_stack) == 16, "stack record");
 _Static_assert(sizeof(struct rsprof_rec_alloc) == 16, "alloc record");
 _Static_assert(sizeof(struct rsprof_rec_node) == 24, "node record");

@@ -80,6 +80,19 @@ REC_SAMPLE: int
 REC_THREAD: int
 REC_SAMPLE_REGS: int
 SAMPLER_MAX_STACK_BYTES: int
+UNWIND_MAGIC: int
+UNWIND_FILE_HEADER_BYTES: int
+UNWIND_ROW_BYTES: int
+UNWIND_NAME_BYTES: int
+UNWIND_MAX_FILE_BYTES: int
+UNWIND_NONE: int
+UNWIND_SP: int
+UNWIND_BP: int
+UNWIND_PLT11: int
+UNWIND_PLT10: int
+UNWIND_OUTERMOST: int
+UNWIND_UNSUPPORTED: int
+UNWIND_BP_SAME: int
 
 SiteTotals = tuple[int, int, int, int, int, int, int]
 
@@ -123,6 +136,9 @@ class ShmRing:
     @sampler_stack_bytes.setter
     def sampler_stack_bytes(self, value: int) -> None: ...
     def open_start_gate(self) -> None: ...
+    def publish_unwind(self, name: str) -> int: ...
+    @property
+    def unwind_generation(self) -> int: ...
     @property
     def sampler_ready(self) -> bool: ...
     def wake_sampler(self, pid: int) -> int: ...

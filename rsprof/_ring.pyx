@@ -619,6 +619,24 @@ cdef extern from "rsprof_reader.h":
         uint32_t sampler_ready
         uint32_t start_gate
         uint32_t sampler_stack_bytes
+        uint64_t unwind_generation
+        char unwind_name[64]
+    struct rsprof_unwind_row:
+        uint64_t start
+    struct rsprof_unwind_file_header:
+        uint64_t magic
+    enum:
+        RSPROF_UNWIND_NAME_BYTES
+        RSPROF_UNWIND_NONE
+        RSPROF_UNWIND_SP
+        RSPROF_UNWIND_BP
+        RSPROF_UNWIND_PLT11
+        RSPROF_UNWIND_PLT10
+        RSPROF_UNWIND_OUTERMOST
+        RSPROF_UNWIND_UNSUPPORTED
+        RSPROF_UNWIND_BP_SAME
+    uint64_t RSPROF_UNWIND_MAGIC
+    uint64_t RSPROF_UNWIND_MAX_FILE_BYTES
     enum:
         RSPROF_SAMPLER_WAKE
         RSPROF_SHM_VERSION
@@ -652,6 +670,14 @@ cdef extern from "rsprof_reader.h":
     uint32_t rsprof_fetch_add_u32(uint32_t* p, uint32_t v)
     uint64_t rsprof_monotonic_ns()
 
+cdef extern from *:
+    """
+    static inline uint64_t rsprof_fetch_add_release_u64(volatile uint64_t *p, uint64_t v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+    }
+    """
+    uint64_t rsprof_fetch_add_release_u64(uint64_t* p, uint64_t v)
+
 SHM_MAGIC = RSPROF_SHM_MAGIC
 SHM_VERSION = RSPROF_SHM_VERSION
 SHM_HEADER_BYTES = RSPROF_SHM_HEADER_BYTES
@@ -673,6 +699,21 @@ SAMPLER_MAX_STACK_BYTES = RSPROF_SAMPLER_MAX_STACK_BYTES
 REC_TYPE_SHIFT = RSPROF_REC_TYPE_SHIFT
 ALLOC_SIZE_BITS = RSPROF_ALLOC_SIZE_BITS
 PTR_MASK = RSPROF_PTR_MASK
+# The unwind table file the shim maps (rsprof_shm.h): a header, then rows of the
+# layout of _unwind.CfiTable's rows with runtime addresses.
+UNWIND_MAGIC = RSPROF_UNWIND_MAGIC
+UNWIND_FILE_HEADER_BYTES = sizeof(rsprof_unwind_file_header)
+UNWIND_ROW_BYTES = sizeof(rsprof_unwind_row)
+UNWIND_NAME_BYTES = RSPROF_UNWIND_NAME_BYTES
+UNWIND_MAX_FILE_BYTES = RSPROF_UNWIND_MAX_FILE_BYTES
+UNWIND_NONE = RSPROF_UNWIND_NONE
+UNWIND_SP = RSPROF_UNWIND_SP
+UNWIND_BP = RSPROF_UNWIND_BP
+UNWIND_PLT11 = RSPROF_UNWIND_PLT11
+UNWIND_PLT10 = RSPROF_UNWIND_PLT10
+UNWIND_OUTERMOST = RSPROF_UNWIND_OUTERMOST
+UNWIND_UNSUPPORTED = RSPROF_UNWIND_UNSUPPORTED
+UNWIND_BP_SAME = RSPROF_UNWIND_BP_SAME
 
 
 def record_size(uint64_t word) -> int:
@@ -1269,6 +1310,29 @@ cdef class ShmRing:
         if sigqueue(pid, SIGPROF, value) != 0:
             return errno
         return 0
+
+    def publish_unwind(self, str name) -> int:
+        """Name the unwind table file the shim is to map (/dev/shm/<name>, written
+        completely and never changed afterwards: rsprof_shm.h), then bump the
+        header's unwind_generation with release order; returns the new generation.
+        The name: 1 to UNWIND_NAME_BYTES - 1 bytes of UTF-8, no '/' and no NUL."""
+        cdef bytes raw = name.encode("utf-8")
+        cdef Py_ssize_t n = len(raw)
+        cdef const char* src
+        if (n == 0 or n >= RSPROF_UNWIND_NAME_BYTES or b"/" in raw or b"\0" in raw
+                or raw in (b".", b"..")):
+            raise ValueError(f"bad unwind table name {name!r}")
+        if self.base == NULL:
+            raise ValueError("the region is closed")
+        src = raw
+        memset(self.hdr.unwind_name, 0, RSPROF_UNWIND_NAME_BYTES)
+        memcpy(self.hdr.unwind_name, src, n)
+        return rsprof_fetch_add_release_u64(&self.hdr.unwind_generation, 1) + 1
+
+    @property
+    def unwind_generation(self) -> int:
+        """The generation of the last unwind table published (0: none)."""
+        return rsprof_load_acquire_u64(&self.hdr.unwind_generation)
 
     def detach(self) -> None:
         """Stop the target recording (IDLE) and give up the reader role."""

@@ -34,6 +34,7 @@ STOP_NO_RULE: int
 STOP_BAD_FRAME: int
 STOP_MAX: int
 STOP_REASONS: dict[int, str]  # code -> "end", "stack_end", "no_module", "no_rule", ...
+CFI_ROW_BYTES: int  # 16: bytes per row of Unwinder.runtime_rows() (struct rsprof_cfi_row)
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -67,6 +68,7 @@ class Unwinder:
     def memory_bytes(self) -> int: ...
     def unwind_py(self, mode: int, ip: int, sp: int, bp: int, stack: _Buffer,
                   max_frames: int = ...) -> tuple[list[int], str]: ...
+    def runtime_rows(self) -> bytes: ...
 
 # ---- Frame-pointer chains checked against the target's code ----
 

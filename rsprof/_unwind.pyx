@@ -11,7 +11,9 @@ sorted arrays.
 `CfiTable` is one object's DWARF call frame information (.eh_frame,
 .debug_frame) as a sorted table of unwind rows (csrc/rsprof_cfi.c), and
 `Unwinder` walks a copied stack through the tables of every mapped object,
-built the first time an address of the object is unwound through.
+built the first time an address of the object is unwound through;
+`Unwinder.runtime_rows()` merges all of them, at runtime addresses, into the
+one table the shim walks heap stacks with (rsprof/recording/heap_unwind.py).
 
 `FramePointerWalker` holds the target's code (executable mappings and their
 bytes, function bounds, indirect call slots) and checks frame-pointer stacks
@@ -406,6 +408,58 @@ cdef inline int _read_u64(const uint8_t* stack, uint64_t lo, uint64_t n, uint64_
     return 0
 
 
+
+# ---- Runtime rows: every module's rules at its runtime addresses, in one table ----
+
+CFI_ROW_BYTES = sizeof(rsprof_cfi_row)  # bytes per row of Unwinder.runtime_rows()
+
+cdef inline bint _same_rule(const rsprof_cfi_row* a, const rsprof_cfi_row* b) noexcept nogil:
+    return (a.kind == b.kind and a.cfa_off == b.cfa_off and a.bp_off == b.bp_off
+            and a.ra_off == b.ra_off)
+
+
+cdef inline size_t _emit_row(rsprof_cfi_row* out, size_t n, uint64_t start,
+                             const rsprof_cfi_row* rule) noexcept nogil:
+    """Append rule's rules from `start` on to out[:n]; the new count. Starts never
+    decrease: a row at the start of the last one replaces it, and a row with the
+    rules of the one before it is not needed (merged)."""
+    if n and out[n - 1].start >= start:
+        n -= 1
+    if n and _same_rule(&out[n - 1], rule):
+        return n
+    out[n] = rule[0]
+    out[n].start = start
+    return n + 1
+
+
+cdef size_t _module_rows(rsprof_cfi_row* out, size_t n, uint64_t start, uint64_t end,
+                         uint64_t bias, const rsprof_cfi_table* tab,
+                         const rsprof_cfi_row* none) noexcept nogil:
+    """Append the rows of one module, runtime [start, end) = object [start - bias,
+    end - bias) of table tab (NULL: no rules), then a NONE row at end."""
+    cdef uint64_t lo = start - bias, hi = end - bias
+    cdef size_t a = 0, b, mid, j
+    if tab == NULL or tab.n == 0 or hi <= lo:
+        n = _emit_row(out, n, start, none)
+    else:
+        b = tab.n  # a: the first row starting after lo
+        while a < b:
+            mid = (a + b) >> 1
+            if tab.rows[mid].start <= lo:
+                a = mid + 1
+            else:
+                b = mid
+        if a > 0:
+            n = _emit_row(out, n, start, &tab.rows[a - 1])
+        else:
+            n = _emit_row(out, n, start, none)
+        j = a
+        while j < tab.n and tab.rows[j].start < hi:
+            n = _emit_row(out, n, tab.rows[j].start + bias, &tab.rows[j])
+            j += 1
+    return _emit_row(out, n, end, none)
+
+
 cdef class Unwinder:
     """Walks a copied stack through the CFI of the mapped objects (x86-64).
 
@@ -607,6 +661,54 @@ cdef class Unwinder:
         self.last_stop = stop
         self.stop_counts[stop] += 1
         return n
+
+    def runtime_rows(self) -> bytes:
+        """Every module's rules at runtime addresses, as one sorted table: the packed
+        rows (struct rsprof_cfi_row, CFI_ROW_BYTES each, native byte order) that the
+        shim unwinds heap stacks with (rsprof/recording/heap_unwind.py).
+
+        Builds the table of every source now (not lazily). Per module, by start:
+        its rows with start + bias, clipped to [start, end) (the row covering start
+        becomes a row at start; rows at or after end are dropped); a module without
+        rules (no source, or an empty table) is one NONE row at its start. Each
+        module ends with a NONE row at its end (the gap up to the next module),
+        unless the next module starts there. Of overlapping modules, the one with
+        the greater start owns the overlap (as in unwind()). Consecutive rows with
+        the same rules are merged, so starts strictly increase."""
+        cdef Py_ssize_t i, src
+        cdef size_t cap = 1, n = 0
+        cdef uint64_t end
+        cdef const rsprof_cfi_table* tab
+        cdef rsprof_cfi_row none
+        cdef rsprof_cfi_row* out
+        none.start = 0
+        none.cfa_off = 0
+        none.bp_off = RSPROF_CFI_SAME
+        none.ra_off = 0
+        none.kind = RSPROF_CFI_NONE
+        for src in range(self.n_sources):
+            if self.src_table[src] == NULL:
+                self._build(<int32_t>src)
+        for i in range(self.n_modules):
+            cap += 2
+            if self.m_src[i] >= 0:
+                cap += self.src_table[self.m_src[i]].n
+        out = <rsprof_cfi_row*>calloc(cap, sizeof(rsprof_cfi_row))
+        if out == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                for i in range(self.n_modules):
+                    end = self.m_end[i]
+                    if i + 1 < self.n_modules and self.m_start[i + 1] < end:
+                        end = self.m_start[i + 1]
+                    if end <= self.m_start[i]:
+                        continue  # empty, or all of it owned by the next module
+                    tab = self.src_table[self.m_src[i]] if self.m_src[i] >= 0 else NULL
+                    n = _module_rows(out, n, self.m_start[i], end, self.m_bias[i], tab, &none)
+            return PyBytes_FromStringAndSize(<char*>out, n * sizeof(rsprof_cfi_row))
+        finally:
+            free(out)
 
     @property
     def stops(self) -> dict:

@@ -60,6 +60,13 @@ _RSPROF_MODULE_PREFIXES = ("librsprof",)
 _RSPROF_C_PREFIXES = ("rsprof_shim_", "rsprof__")
 _INTERNAL_CRATES = frozenset({"std", "core", "alloc", "proc_macro", "rsprof_trace", "__rustc"})
 _ALWAYS_INTERNAL_CRATES = frozenset({"rsprof_trace", "__rustc"})
+# rustc's allocator shims for a `#[global_allocator]` of the program's own: generated
+# into the crate that declares it, with that declaration's file and line as their
+# location (so the file rule alone would take them for the user's code).
+_ALLOCATOR_SHIMS = frozenset({
+    "__rust_alloc", "__rust_dealloc", "__rust_realloc", "__rust_alloc_zeroed",
+    "__rg_alloc", "__rg_dealloc", "__rg_realloc", "__rg_alloc_zeroed",
+})
 _RUNTIME_SYMBOLS = frozenset({
     "_start", "__libc_start_main", "__libc_start_call_main", "rust_begin_unwind",
     "rust_panic", "main",
@@ -176,7 +183,7 @@ def is_internal(function: str, file: str | None, module: str,
         return True
     if is_system_module(module, executable):
         return True
-    if _crate_of(function) in _ALWAYS_INTERNAL_CRATES:
+    if _crate_of(function) in _ALWAYS_INTERNAL_CRATES or function in _ALLOCATOR_SHIMS:
         # Allocator shims, wherever their source lives.
         return True
     if file:

@@ -14,6 +14,10 @@ with other loads nor stores with other stores, which is all the protocol
 needs: load a record's header word, then its body; zero consumed bytes, then
 store `tail`. This module is not meant for weakly ordered CPUs.
 
+It also writes and reads the unwind table file the reader publishes for the shim
+(`pack_unwind_file`, `unpack_unwind_file`; rsprof_shm.h, "The unwind table"), and
+publishes one (`ShmReader.publish_unwind`).
+
 Everything in the region is untrusted: a bad header is refused with
 `RegionError`, a bad record is counted in `malformed` and skipped, and
 `drain()` always ends (it never reads more than one ring's worth of bytes).
@@ -27,6 +31,7 @@ import os
 import secrets
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +69,25 @@ _SIZE_BITS = _ring.ALLOC_SIZE_BITS
 
 # Header field -> index in the u64 view / u32 view (offsets of rsprof_shm_header).
 _Q = {"magic": 0, "ring_size": 2, "reserve": 4, "dropped": 5, "waits": 6, "interned": 7,
-      "raw_stacks": 8, "truncated": 9, "tail": 10, "heartbeat_ns": 11}
+      "raw_stacks": 8, "truncated": 9, "tail": 10, "heartbeat_ns": 11,
+      "unwind_generation": 16}
 _I = {"version": 2, "header_bytes": 3, "pid": 6, "max_frames": 7, "reader_pid": 24,
       "state": 25, "session": 26, "reserved0": 27, "sampler_ready": 28,
       "start_gate": 29, "sampler_stack_bytes": 30}
-HEADER_SIZE = 128
+UNWIND_NAME_OFFSET = 136  # char unwind_name[UNWIND_NAME_BYTES], NUL-terminated
+UNWIND_NAME_BYTES = _ring.UNWIND_NAME_BYTES
+HEADER_SIZE = 200
+
+# The unwind table file (rsprof_shm.h): magic, version, row_bytes, n_rows, reserved;
+# then n_rows rows of (start, cfa_off, bp_off, ra_off, kind).
+UNWIND_MAGIC = _ring.UNWIND_MAGIC
+UNWIND_FILE_HEADER = struct.Struct("<QIIQQ")
+UNWIND_ROW = struct.Struct("<QihbB")
+# Row kinds by the names _unwind.CfiTable.rows() gives them.
+UNWIND_KINDS = {"none": _ring.UNWIND_NONE, "sp": _ring.UNWIND_SP, "bp": _ring.UNWIND_BP,
+                "plt11": _ring.UNWIND_PLT11, "plt10": _ring.UNWIND_PLT10,
+                "outermost": _ring.UNWIND_OUTERMOST, "unsupported": _ring.UNWIND_UNSUPPORTED}
+UnwindRow = tuple[int, int, int, int, int]  # start, kind, cfa_off, bp_off, ra_off
 # Largest depth accepted in SAMPLE records (frames[0] is the interrupted IP).
 _MAX_SAMPLE_FRAMES = 1024
 
@@ -84,6 +103,43 @@ _SAMPLE_REGS = struct.Struct("<IIQQQQQQ")
 
 class RegionError(RsprofError):
     """The region is missing or is not a valid rsprof shim region."""
+
+
+def pack_unwind_file(rows: Sequence[tuple[int, int, int, int | None, int]]) -> bytes:
+    """An unwind table file of `rows` (start, kind, cfa_off, bp_off, ra_off), runtime
+    addresses; bp_off None (or _ring.UNWIND_BP_SAME) when rbp is unchanged. Rows
+    must be sorted by start, strictly increasing (rsprof_shm.h)."""
+    out = bytearray(UNWIND_FILE_HEADER.pack(UNWIND_MAGIC, VERSION, UNWIND_ROW.size,
+                                            len(rows), 0))
+    prev = -1
+    for start, kind, cfa_off, bp_off, ra_off in rows:
+        if start <= prev:
+            raise ValueError(f"unwind rows out of order at {start:#x}")
+        prev = start
+        out += UNWIND_ROW.pack(start, cfa_off, _ring.UNWIND_BP_SAME if bp_off is None
+                               else bp_off, ra_off, kind)
+    return bytes(out)
+
+
+def unpack_unwind_file(data: bytes) -> list[UnwindRow]:
+    """The rows of an unwind table file, refused (RegionError) where the shim refuses
+    it: bad magic, version or row size, no rows, rows past the end, out of order,
+    a file larger than UNWIND_MAX_FILE_BYTES."""
+    if not UNWIND_FILE_HEADER.size <= len(data) <= _ring.UNWIND_MAX_FILE_BYTES:
+        raise RegionError(f"bad unwind table size {len(data)}")
+    magic, version, row_bytes, n, _ = UNWIND_FILE_HEADER.unpack_from(data)
+    if magic != UNWIND_MAGIC or version != VERSION or row_bytes != UNWIND_ROW.size:
+        raise RegionError("not an unwind table of this layout")
+    if n == 0 or n > (len(data) - UNWIND_FILE_HEADER.size) // UNWIND_ROW.size:
+        raise RegionError(f"bad row count {n}")
+    rows: list[UnwindRow] = []
+    for k in range(n):
+        start, cfa_off, bp_off, ra_off, kind = UNWIND_ROW.unpack_from(
+            data, UNWIND_FILE_HEADER.size + k * UNWIND_ROW.size)
+        if rows and start <= rows[-1][0]:
+            raise RegionError(f"unwind rows out of order at row {k}")
+        rows.append((start, kind, cfa_off, bp_off, ra_off))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -303,6 +359,24 @@ class ShmReader:
     @property
     def state(self) -> int:
         return int(self._i[_I["state"]])
+
+    @property
+    def unwind_name(self) -> str:
+        """The unwind table file named in the header ("" when none)."""
+        raw = bytes(self._view[UNWIND_NAME_OFFSET:UNWIND_NAME_OFFSET + UNWIND_NAME_BYTES])
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def publish_unwind(self, name: str) -> int:
+        """As _ring.ShmRing.publish_unwind: write the name, then bump the generation."""
+        raw = name.encode("utf-8")
+        if not 0 < len(raw) < UNWIND_NAME_BYTES or b"/" in raw or b"\0" in raw \
+                or raw in (b".", b".."):
+            raise RegionError(f"bad unwind table name {name!r}")
+        self._view[UNWIND_NAME_OFFSET:UNWIND_NAME_OFFSET + UNWIND_NAME_BYTES] = \
+            raw.ljust(UNWIND_NAME_BYTES, b"\0")
+        gen = (int(self._q[_Q["unwind_generation"]]) + 1) & 0xFFFFFFFFFFFFFFFF
+        self._q[_Q["unwind_generation"]] = gen  # last: one aligned store (see above)
+        return gen
 
     @property
     def pid(self) -> int:

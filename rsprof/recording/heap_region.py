@@ -98,13 +98,21 @@ def find_region(pid: int) -> Region | None:
 
 
 def remove_stale_regions() -> int:
-    """Unlink regions whose writer and reader are both gone; returns how many."""
+    """Unlink regions whose writer and reader are both gone, and unwind tables
+    (rsprof-unwind-<pid>-<hex>, rsprof/recording/heap_unwind.py) whose rsprof is
+    gone (a shim that mapped one keeps its mapping); returns how many."""
     removed = 0
     with contextlib.suppress(OSError):
         for name in os.listdir(SHM_DIR):
             if not name.startswith(PREFIX):
                 continue
             parts = name[len(PREFIX):].split("-")
+            if len(parts) == 3 and parts[0] == "unwind" and parts[1].isdigit():
+                if not is_alive(int(parts[1])):
+                    with contextlib.suppress(OSError):
+                        os.unlink(SHM_DIR / name)
+                        removed += 1
+                continue
             if len(parts) != 2 or not parts[0].isdigit():
                 continue
             ring = _open(SHM_DIR / name)

@@ -22,6 +22,7 @@ from rsprof.duration import format_duration
 from rsprof.errors import PermissionDenied, ProfileError, UsageError
 from rsprof.recording.code_map import CodeMap
 from rsprof.recording.heap_region import Region
+from rsprof.recording.heap_unwind import UnwindTableFile
 from rsprof.recording.own_allocator import record_finding
 from rsprof.recording.perf_session import FP_STACK_BYTES, NullPerfSession, PerfSession
 from rsprof.recording.process import (
@@ -140,6 +141,8 @@ class Recorder:
         self.heap_partial: tuple[float, int, int] | None = None  # (from_s, after, dropped)
         self.heap_shim_stopped = False  # the shim gave up (STOPPED): nothing more is counted
         self._detail_done: set[tuple[str, str | None]] = set()  # modules whose detail is stored
+        # The CFI rules the shim walks heap stacks with (heap_unwind.py); None: not yet.
+        self.unwind_table: UnwindTableFile | None = None
 
     def _alive(self) -> bool:
         if self.child is not None:
@@ -245,7 +248,17 @@ class Recorder:
             stack_bytes=self._stack_bytes,
         ))
         stacks = _unwind.StackTable()
+        decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
+        if opts.unwind != "fp":
+            decoder.set_unwinder(_unwind.Unwinder(), _unwind.UNWIND_AUTO if opts.unwind == "auto"
+                                 else _unwind.UNWIND_DWARF)
+        _set_code_ranges(decoder, self.code_map, symbolizer)
         if self.heap is not None:
+            # Before the shim records (attach) and before `rsprof run`'s program
+            # leaves its start gate: the first allocations recorded unwind with it.
+            self._publish_unwind_table(decoder)
+            writer.set_meta({"heap_unwind": self.unwind_table.method
+                             if self.unwind_table is not None else "fp"})
             self.heap_decoder = _ring.HeapDecoder(stacks)
             self_hz = opts.cpu_freq if self.cpu_source == "self" else 0
             self.heap.ring.attach(os.getpid(), self_hz, self._stack_bytes if self_hz else 0)
@@ -255,6 +268,8 @@ class Recorder:
                 self._dropped_base, self._waits_base = int(shim["dropped"]), int(shim["waits"])
             writer.set_meta_once({"heap_partial_from_s": "", "heap_partial_after_records": "",
                                   "heap_shim_stopped": ""})
+        else:
+            writer.set_meta({"heap_unwind": ""})
         # Who records, so that a reader of the file can tell a recording in progress
         # from one whose rsprof died (docs/schema.md: recorder_process).
         writer.set_meta({"recorder_process": process_identity(os.getpid())})
@@ -263,13 +278,8 @@ class Recorder:
         self._no_drop_seen = (start_ns, 0)
         self._start_offset_s = start_wall - writer.profile_start_time
         self._interval_ns = interval_ns
-        decoder = _ring.PerfDecoder(stacks, pid, start_ns, interval_ns)
-        if opts.unwind != "fp":
-            decoder.set_unwinder(_unwind.Unwinder(), _unwind.UNWIND_AUTO if opts.unwind == "auto"
-                                 else _unwind.UNWIND_DWARF)
         if self.heap_decoder is not None and self.cpu_source == "self":
             self.heap_decoder.cpu = decoder  # SAMPLE records count as CPU samples
-        _set_code_ranges(decoder, self.code_map, symbolizer)
         if self.heap is not None:
             # `rsprof run`: the program waited in its start-up while we read its maps.
             self.heap.ring.open_start_gate()
@@ -344,6 +354,8 @@ class Recorder:
         finally:
             if self.heap is not None and self.heap_decoder is not None:
                 self.heap.ring.detach()
+            if self.unwind_table is not None:
+                self.unwind_table.close()  # the shim's mappings stay valid
             symbolizer.close()
             if opts.handle_signals:
                 signal.signal(signal.SIGINT, old_int)
@@ -367,6 +379,17 @@ class Recorder:
         )
         self._summary(result)
         return result
+
+    def _publish_unwind_table(self, decoder: _ring.PerfDecoder) -> None:
+        """Heap stacks: give the shim the CFI rules of every module the decoder's
+        unwinder was given (a new file when they changed). Nothing with --unwind fp
+        (no unwinder): the shim walks frame pointers. A failure is a warning."""
+        if self.heap is None or decoder.unwinder is None:
+            return
+        if self.unwind_table is None:
+            self.unwind_table = UnwindTableFile(
+                self.heap, lambda text: self.status.write(f"rsprof: warning: {text}\n"))
+        self.unwind_table.refresh(decoder.unwinder)
 
     def _wake_sampler(self) -> None:
         """Self-sampling: ask the shim to arm the threads it has not armed yet.
@@ -434,6 +457,7 @@ class Recorder:
                 if unknown and is_alive(pid):
                     symbolizer.refresh_maps()
                     _set_code_ranges(decoder, self.code_map, symbolizer)
+                    self._publish_unwind_table(decoder)  # a new file if modules changed
                     _set_code_facts(decoder, self.code_map, symbolizer)
                     resolved.update(symbolizer.resolve(unknown))
                 writer.add_addresses(resolved)

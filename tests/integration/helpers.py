@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import NOFP_BUILD_ENV, ROOT
 
 RunRsprof = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -29,6 +29,14 @@ def self_percent_by_function(doc: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for row in doc["functions"]:
         out[row["function"]] = out.get(row["function"], 0.0) + row["self_percent"]
+    return out
+
+
+def total_percent_by_function(doc: dict[str, Any]) -> dict[str, float]:
+    """Inclusive %: one row per function and module, so the largest row of a name."""
+    out: dict[str, float] = {}
+    for row in doc["functions"]:
+        out[row["function"]] = max(out.get(row["function"], 0.0), row["total_percent"])
     return out
 
 
@@ -52,20 +60,27 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
 TRACE_APP_DIR = ROOT / "tests" / "trace_app"
 
 
-def build_trace_app(variant: str, *features: str) -> Path:
+def build_trace_app(variant: str, *features: str, frame_pointers: bool = True) -> Path:
     """tests/trace_app (rsprof-trace's test program) built with `features` into
     its own target directory. rsprof-trace is a path dependency here, as it is
     for anyone vendoring it: its inlined allocator frames point into
     rsprof-trace/src/lib.rs, and the attribution rule must still charge the
-    caller (rsprof_trace/__rustc frames are internal wherever their file is)."""
+    caller (rsprof_trace/__rustc frames are internal wherever their file is).
+    `frame_pointers=False` builds it as a default release build is (no frame
+    pointers, line tables only: conftest's NOFP_BUILD_ENV) into
+    target/<variant>-nofp."""
     if shutil.which("cargo") is None:
         pytest.skip("cargo is not installed")
-    target_dir = TRACE_APP_DIR / "target" / variant
+    if frame_pointers:
+        target_dir = TRACE_APP_DIR / "target" / variant
+        env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
+    else:
+        target_dir = TRACE_APP_DIR / "target" / f"{variant}-nofp"
+        env = dict(os.environ, **NOFP_BUILD_ENV)
     cmd = ["cargo", "build", "--release", "--offline", "--quiet", "--target-dir",
            str(target_dir)]
     if features:
         cmd += ["--features", ",".join(features)]
-    env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
     subprocess.run(cmd, cwd=TRACE_APP_DIR, env=env, check=True)
     return target_dir / "release" / "trace_app"
 

@@ -220,6 +220,11 @@ def test_user_type_implementing_a_std_trait_without_a_file_is_user_code() -> Non
 
 def test_rust_allocator_shims_are_internal() -> None:
     assert is_internal("__rustc::__rust_alloc", None, "/srv/app/bin/app")
+    # The shims rustc generates for a #[global_allocator] of the program's own carry
+    # the file and line of that declaration: still not the user's code.
+    for shim in ("__rust_alloc", "__rust_realloc", "__rust_dealloc", "__rust_alloc_zeroed"):
+        assert is_internal(shim, USER_FILE, "/srv/app/bin/app")
+    assert not is_internal("__rust_alloc_pool", USER_FILE, "/srv/app/bin/app")
     assert is_internal("__rust_dealloc", None, "/srv/app/bin/app")
 
 

@@ -257,5 +257,5 @@ def test_header_field_is_where_both_readers_put_it() -> None:
         assert reader.header()["start_gate"] == 0 and reader.header()["reserved0"] == 0
     finally:
         os.close(fd)
-    assert ref.VERSION == _ring.SHM_VERSION == 5
-    assert ref.HEADER_SIZE == 128
+    assert ref.VERSION == _ring.SHM_VERSION == 6
+    assert ref.HEADER_SIZE == 200
