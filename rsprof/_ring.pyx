@@ -387,19 +387,30 @@ cdef class PerfDecoder:
                     period)
         return 0
 
-    cdef int _self_sample(self, uint32_t tid, uint64_t t, uint64_t period, const uint8_t* raw,
-                          uint32_t depth) except -1:
-        """Count one sample from the shim's self-sampler like a perf sample."""
+    cdef uint32_t _raw_chain(self, const uint8_t* raw, uint32_t depth, uint64_t* out,
+                             bint* cut) noexcept:
+        """The self-sampler's frame-pointer frames (the IP, then return addresses as
+        walked) as lookup addresses into out; cut: it ran into an impossible address
+        and ends there."""
         cdef uint32_t i, n = 0
-        cdef uint64_t entry, interval
-        cdef int64_t rel, sid
+        cdef uint64_t entry
+        cut[0] = False
         for i in range(depth):
             memcpy(&entry, raw + 8 * i, 8)
             if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
-                self.broken_chains += 1
+                cut[0] = True
                 break
-            self.frames[n] = entry if n == 0 else entry - 1
+            out[n] = entry if n == 0 else entry - 1
             n += 1
+        return n
+
+    cdef int _self_sample(self, uint32_t tid, uint64_t t, uint64_t period, const uint8_t* raw,
+                          uint32_t depth) except -1:
+        """Count one sample from the shim's self-sampler like a perf sample."""
+        cdef bint cut
+        cdef uint32_t n = self._raw_chain(raw, depth, self.frames, &cut)
+        if cut:
+            self.broken_chains += 1
         if n == 0:
             self.malformed += 1
             return 0
@@ -413,17 +424,13 @@ cdef class PerfDecoder:
         from its registers and stack[:stack_len] (the bytes at sp) when an unwinder is
         set, continued or replaced by its frame-pointer frames as a perf sample's
         (_cfi_frames); otherwise exactly as _self_sample."""
-        cdef uint32_t i, n = 0
-        cdef uint64_t entry
+        cdef uint32_t n
+        cdef bint cut  # whether the chain is broken is for _cfi_frames to say
         cdef int64_t got
         if self.unwinder is None or stack_len < 8 or depth == 0:
             return self._self_sample(tid, t, period, raw_frames, depth)
-        for i in range(min(depth, <uint32_t>RSPROF_MAX_STACK)):
-            memcpy(&entry, raw_frames + 8 * i, 8)
-            if n > 0 and (entry < MIN_CODE_ADDRESS or entry > MAX_USER_ADDRESS):
-                break
-            self.kframes[n] = entry if n == 0 else entry - 1
-            n += 1
+        n = self._raw_chain(raw_frames, min(depth, <uint32_t>RSPROF_MAX_STACK), self.kframes,
+                            &cut)
         got = self._cfi_frames(ip, sp, fp, stack, stack_len, n)
         if got < 0:
             return self._self_sample(tid, t, period, raw_frames, depth)
