@@ -255,5 +255,9 @@ def test_lines_and_inlined_frames_resolve(recorded: Recorded, run_rsprof: RunRsp
                     " WHERE s.function LIKE '%xorshift_step' AND s.depth = 0")
     assert inlined, "xorshift_step is never an inlined frame"
     for line, outer, call_line in inlined:
-        assert line in _body("xorshift_step") and own_name(outer) == LEAF, (line, outer)
+        # No line (None) is DWARF's line 0, "no source line": the compiler gives
+        # some scheduled instructions of the inlined range a range.rs row with line 0
+        # (llvm-addr2line says the same: `xorshift_step` at range.rs:0, in leaf).
+        assert line is None or line in _body("xorshift_step"), (line, outer)
+        assert own_name(outer) == LEAF, (line, outer)
         assert call_line in _body("leaf"), (outer, call_line)
